@@ -1,0 +1,47 @@
+"""LeNet-5 (LeCun et al. 1998; S2 L440-477 in shared/seeds).
+
+INPUT 32x32 -> C1 6@28x28 -> S2 6@14x14 -> C3 16@10x10 -> S4 16@5x5 -> C5 120 -> F6 84 -> OUTPUT,
+in the slides' order CONV-POOL-TANH. Two simplifications, as every modern port makes: C3 connects to all
+six S2 maps (the paper's sparse connection table is not used), and the output is a linear layer rather
+than the paper's Gaussian (RBF) connections.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Backbone, FeatureInfo, linear_or_identity
+from .registry import register_backbone
+
+
+class LeNet5(Backbone):
+    classifier_name = "output"
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1):
+        super().__init__()
+        self.num_classes = num_classes
+        self.c1 = nn.Conv2d(in_chans, 6, 5)
+        self.s2 = nn.AvgPool2d(2, 2)
+        self.c3 = nn.Conv2d(6, 16, 5)
+        self.s4 = nn.AvgPool2d(2, 2)
+        self.c5 = nn.Conv2d(16, 120, 5)  # a 5x5 conv over the 5x5 S4 maps: a fully connected layer
+        self.f6 = nn.Linear(120, 84)
+        self.num_features = 84
+        self.output = linear_or_identity(84, num_classes)
+        self.feature_info = [FeatureInfo(6, 2, "s2"), FeatureInfo(16, 4, "s4"), FeatureInfo(120, 4, "c5")]
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        s2 = torch.tanh(self.s2(self.c1(x)))
+        s4 = torch.tanh(self.s4(self.c3(s2)))
+        c5 = torch.tanh(self.c5(s4))
+        return [s2, s4, c5]
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        # C5 is 1x1 on a 32x32 input; average any larger map so other input sizes still classify.
+        x = torch.flatten(x.mean(dim=(2, 3)), 1)
+        return self.output(torch.tanh(self.f6(x)))
+
+
+@register_backbone("lenet5", paper="LeCun et al. 1998 (S2 L440-477)", input_size=(1, 32, 32), default_num_classes=10)
+def lenet5(num_classes: int = 10, **kwargs) -> LeNet5:
+    return LeNet5(num_classes=num_classes, **kwargs)

@@ -1,0 +1,59 @@
+"""``timm:<name>``: any timm model as a densecnn backbone, through timm's ``features_only`` extraction."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Backbone, FeatureInfo, linear_or_identity
+
+
+class TimmBackbone(Backbone):
+    """The timm model's feature maps (``body``), then global average pooling and our linear classifier.
+
+    ``pretrained=True`` asks timm for its own weights (network access needed); a local timm checkpoint can
+    be given to ``create_backbone(weights=...)`` instead: its keys are mapped onto ``body`` by
+    ``adapt_state_dict`` and timm's own classifier is left out.
+    """
+
+    classifier_name = "head"
+
+    def __init__(self, model_name: str, num_classes: int = 1000, in_chans: int = 3, pretrained: bool = False,
+                 out_indices: tuple[int, ...] | None = None, **kwargs):
+        super().__init__()
+        import timm
+
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+        try:
+            self.body = timm.create_model(model_name, pretrained=pretrained, features_only=True,
+                                          in_chans=in_chans, **kwargs)
+        except RuntimeError as err:  # timm: "Unknown model (...)"
+            raise ValueError(f"timm:{model_name}: {err}") from err
+        self.model_name = model_name
+        self.num_classes = num_classes
+        self.feature_info = [FeatureInfo(d["num_chs"], d["reduction"], d["module"])
+                             for d in self.body.feature_info.get_dicts()]
+        self.num_features = self.feature_info[-1].num_chs
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = linear_or_identity(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(x), 1))
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map a plain timm checkpoint (keys as in ``timm.create_model(name)``) onto ``body.*``; timm's own
+        classifier is left out (ours is ``head``)."""
+        own = self.state_dict()
+        if all(key in own for key in state_dict):
+            return state_dict
+        timm_classifier = (getattr(self.body, "pretrained_cfg", None) or {}).get("classifier")
+        mapped = {}
+        for key, value in state_dict.items():
+            if f"body.{key}" in own:
+                mapped[f"body.{key}"] = value
+            elif not (timm_classifier and key.startswith(f"{timm_classifier}.")):
+                mapped[key] = value
+        return mapped

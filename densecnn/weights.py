@@ -1,0 +1,143 @@
+"""Loading weights into densecnn backbones, without ever unpickling arbitrary objects.
+
+Sources ``create_backbone(weights=...)`` accepts:
+  * a local path: a torchvision/timm state_dict (``.pth``/``.pt``/``.bin``), a ``.safetensors`` file, or a
+    densecnn/Lightning ``.ckpt`` (the task's ``backbone.*`` weights are extracted);
+  * an ``http(s)://`` URL, fetched into torch.hub's cache;
+  * a named torchvision weight, ``torchvision:ResNet50_Weights.IMAGENET1K_V2``, fetched the same way
+    (set ``TORCH_HOME`` to point at a pre-filled cache on a machine without network access).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+TORCHVISION_PREFIX = "torchvision:"
+
+# Wrappers found around state_dicts: Lightning checkpoints, timm/DeiT-style training checkpoints.
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used: unreadable, unsafe, or for another architecture."""
+
+
+def read_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read tensors from ``source`` (path, URL or ``torchvision:<Enum>.<NAME>``), unwrapped to a flat state_dict."""
+    source = str(source)
+    if source.startswith(TORCHVISION_PREFIX):
+        raw = _download(_torchvision_weight_url(source[len(TORCHVISION_PREFIX):]), source)
+    elif source.startswith(("http://", "https://")):
+        raw = _download(source, source)
+    else:
+        raw = _read_file(Path(source))
+    return _unwrap(raw, source)
+
+
+def _torchvision_weight_url(name: str) -> str:
+    from torchvision.models import get_weight
+
+    try:
+        return get_weight(name).url
+    except (ValueError, AttributeError, KeyError) as err:
+        raise WeightsError(f"torchvision:{name}: not a torchvision weight name such as "
+                           f"'ResNet50_Weights.IMAGENET1K_V2' ({err})") from err
+
+
+def _download(url: str, label: str):
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, progress=False)
+    except pickle.UnpicklingError as err:
+        raise WeightsError(_unsafe_message(label, err)) from err
+    except OSError as err:
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise WeightsError(f"{label}: could not fetch {url} ({err}). Without network access, place the file "
+                           f"in {cache} (torch.hub's cache; set TORCH_HOME to move it).") from err
+
+
+def _read_file(path: Path):
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsError(_unsafe_message(str(path), err)) from err
+    except (RuntimeError, EOFError) as err:
+        raise WeightsError(f"{path}: not a readable PyTorch weights file ({err})") from err
+
+
+def _unsafe_message(label: str, err: Exception) -> str:
+    return (f"{label}: refused to load: the file holds Python objects other than tensors and plain "
+            f"containers, and unpickling them could run code. Re-save only the state_dict "
+            f"(torch.save(model.state_dict(), path)) or use safetensors. Detail: {str(err).splitlines()[0]}")
+
+
+def _unwrap(raw, label: str) -> dict[str, torch.Tensor]:
+    if isinstance(raw, Mapping):
+        for key in _WRAPPER_KEYS:
+            if key in raw and isinstance(raw[key], Mapping):
+                raw = raw[key]
+                break
+    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise WeightsError(f"{label}: expected a state_dict (a mapping of names to tensors)")
+    state = dict(raw)
+    # A densecnn task checkpoint stores the backbone under "backbone."; DDP wrappers add "module.".
+    for prefix in ("module.", "backbone."):
+        if state and any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike, *, strict: bool = True) -> nn.Module:
+    """Load ``source`` into ``model`` (see the module docstring for what ``source`` may be).
+
+    The classifier's weights are dropped, with a message, when their shape differs (weights trained for
+    another number of classes): that is the ordinary fine-tuning case. Any other shape mismatch is an error,
+    and so are missing or unexpected keys unless ``strict=False``, where they are reported by name.
+    """
+    state = read_state_dict(source)
+    adapt = getattr(model, "adapt_state_dict", None)
+    if callable(adapt):
+        state = adapt(state)
+    own = model.state_dict()
+    classifier = getattr(model, "classifier_name", None)
+    dropped, mismatched = [], []
+    for key in list(state):
+        if key in own and own[key].shape != state[key].shape:
+            if classifier and key.startswith(classifier + "."):
+                dropped.append(key)
+            else:
+                mismatched.append(f"{key}: file {tuple(state[key].shape)} vs model {tuple(own[key].shape)}")
+            del state[key]
+    if mismatched:
+        raise WeightsError(f"{source}: shapes do not match this {type(model).__name__}: " + "; ".join(mismatched[:10])
+                           + (f" (and {len(mismatched) - 10} more)" if len(mismatched) > 10 else ""))
+    if dropped:
+        warnings.warn(f"{source}: classifier weights {', '.join(dropped)} were trained for another number of "
+                      f"classes; they are dropped and the classifier keeps its fresh initialisation.", stacklevel=2)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in dropped]
+    unexpected = list(result.unexpected_keys)
+    if missing or unexpected:
+        message = (f"{source}: keys do not match {type(model).__name__}"
+                   + (f"; missing in the file: {_names(missing)}" if missing else "")
+                   + (f"; unexpected in the file: {_names(unexpected)}" if unexpected else ""))
+        if strict:
+            raise WeightsError(message + " (pass strict=False to load the matching part)")
+        warnings.warn(message, stacklevel=2)
+    return model
+
+
+def _names(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

@@ -1,0 +1,8 @@
+"""densecnn's Lightning layer: task modules, DataModules, callbacks and the CLI."""
+from .base import BaseTask, CheckpointError
+from .callbacks import FreezeBackbone, MetricsJSONWriter, PredictionWriter
+from .classification import ClassificationTask
+from .datamodules import BaseDataModule, ImageFolderDataModule
+
+__all__ = ["BaseDataModule", "BaseTask", "CheckpointError", "ClassificationTask", "FreezeBackbone",
+           "ImageFolderDataModule", "MetricsJSONWriter", "PredictionWriter"]

@@ -1,0 +1,220 @@
+"""Image classification: top-1/top-5, per-class accuracy and a confusion matrix at test, the papers'
+test-time augmentation (AlexNet's 10 crops, VGG/ResNet multi-scale averaging), and CSV predictions."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from densecnn.data import DataError
+from densecnn.viz import BAD, GOOD, confusion_matrix_image, image_grid, save_png, to_uint8_images
+
+from .base import BaseTask
+
+TTA = ("none", "ten_crop", "multi_scale")
+
+
+def split_aux_outputs(output: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Models with auxiliary classifiers (GoogLeNet) return ``(logits, aux1, aux2, ...)`` in training."""
+    if isinstance(output, (tuple, list)):
+        return output[0], list(output[1:])
+    return output, []
+
+
+class ClassificationTask(BaseTask):
+    monitor = "val/acc1"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        num_classes: int = 1000,
+        weights: str | None = None,
+        class_names: list[str] | None = None,
+        label_smoothing: float = 0.0,
+        aux_loss_weight: float = 0.3,
+        tta: Literal["none", "ten_crop", "multi_scale"] = "none",
+        tta_crop_size: int | None = None,
+        tta_scales: list[int] | None = None,
+        **kwargs: Any,
+    ):
+        """
+        Args:
+            backbone, weights: see ``BaseTask``.
+            num_classes: number of classes; must agree with the data's class folders.
+            class_names: filled from the data at fit time and stored in the checkpoint.
+            label_smoothing: cross-entropy label smoothing.
+            aux_loss_weight: weight of auxiliary classifiers' losses in training (GoogLeNet uses 0.3).
+            tta: test/predict-time augmentation: ``ten_crop`` averages the softmax over the four corner and
+                centre crops of ``tta_crop_size`` and their mirror images (AlexNet, S1 L126-161);
+                ``multi_scale`` averages it over the image resized to each shorter side in ``tta_scales``
+                (VGG/ResNet, S3 L1152-1215). Validation always uses the single view.
+        """
+        self._check_choice("tta", tta, TTA)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"model.init_args.class_names has {len(class_names)} names for num_classes={num_classes}")
+        if tta == "multi_scale" and not tta_scales:
+            raise ValueError("model.init_args.tta_scales is needed for tta: multi_scale (e.g. [224, 256, 288])")
+        super().__init__(backbone=backbone, weights=weights, **kwargs)
+
+    def configure_models(self) -> None:
+        self.backbone = self.build_backbone(num_classes=self.hparams.num_classes)
+
+    def configure_losses(self) -> None:
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.hparams.label_smoothing)
+
+    def make_metrics(self) -> MetricCollection:
+        n = self.hparams.num_classes
+        metrics = {"acc1": MulticlassAccuracy(n, top_k=1, average="micro")}
+        if n > 5:
+            metrics["acc5"] = MulticlassAccuracy(n, top_k=5, average="micro")
+        return MetricCollection(metrics)
+
+    def configure_metrics(self) -> None:
+        super().configure_metrics()
+        n = self.hparams.num_classes
+        self.test_per_class = MulticlassAccuracy(n, average=None)
+        self.test_confusion = MulticlassConfusionMatrix(n)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)])
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None)
+        if not names:
+            return
+        if len(names) != self.hparams.num_classes:
+            raise DataError(f"model.init_args.num_classes is {self.hparams.num_classes} but the data at "
+                            f"{getattr(datamodule, 'root', '?')} has {len(names)} classes: {list(names)}")
+        if self.hparams.class_names and list(self.hparams.class_names) != list(names):
+            raise DataError(f"the data's classes {list(names)} differ from the model's "
+                            f"{list(self.hparams.class_names)}: labels would mean different things")
+        self.hparams.class_names = list(names)
+
+    # ---- forward passes ----------------------------------------------------------------------------------
+    def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities with the configured test-time augmentation."""
+        h = self.hparams
+        if h.tta == "ten_crop":
+            size = h.tta_crop_size or int(min(images.shape[-2:]) * 224 / 256)
+            crops = torch.cat(TF.ten_crop(images, [size, size]))  # (10 N, C, size, size), one forward pass
+            probs = split_aux_outputs(self.backbone(crops))[0].softmax(dim=1)
+            return probs.view(10, len(images), -1).mean(dim=0)
+        if h.tta == "multi_scale":
+            height, width = images.shape[-2:]
+            total = 0
+            for scale in h.tta_scales:
+                factor = scale / min(height, width)
+                resized = F.interpolate(images, size=(round(height * factor), round(width * factor)),
+                                        mode="bilinear", align_corners=False, antialias=True)
+                total = total + split_aux_outputs(self.backbone(resized))[0].softmax(dim=1)
+            return total / len(h.tta_scales)
+        return split_aux_outputs(self.backbone(images))[0].softmax(dim=1)
+
+    def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch["image"], batch["label"]
+        if stage == "test" and self.hparams.tta != "none":
+            probs = self.predict_probs(images)
+            return F.nll_loss(probs.clamp_min(1e-12).log(), labels), probs
+        logits, aux = split_aux_outputs(self.backbone(images))
+        loss = self.criterion(logits, labels)
+        if aux and stage == "train":
+            loss = loss + self.hparams.aux_loss_weight * sum(self.criterion(a, labels) for a in aux)
+        return loss, logits
+
+    def update_metrics(self, stage: str, outputs: torch.Tensor, batch: dict) -> None:
+        self.metrics_for(stage).update(outputs, batch["label"])
+        if stage == "test":
+            self.test_per_class.update(outputs, batch["label"])
+            self.test_confusion.update(outputs, batch["label"])
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_per_class.compute()
+        confusion = self.test_confusion.compute().cpu().numpy()
+        self.test_per_class.reset()
+        self.test_confusion.reset()
+        for name, value in zip(self.class_names, per_class):
+            self.log(f"test/acc_class/{name}", value)
+        if self.trainer.is_global_zero:
+            self.log_picture("test/confusion_matrix", confusion_matrix_image(confusion, self.class_names))
+            with open(self.run_dir / "confusion_matrix.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["true \\ predicted", *self.class_names])
+                for name, row in zip(self.class_names, confusion):
+                    writer.writerow([name, *map(int, row)])
+
+    def log_examples(self, stage: str, batch: dict, outputs: torch.Tensor) -> None:
+        n = self.hparams.num_log_images
+        probs = outputs[:n].float()
+        probs = probs if stage == "test" and self.hparams.tta != "none" else probs.softmax(dim=1)
+        images = batch["image"][:n]
+        if images.shape[-1] != images.shape[-2] or self.hparams.tta == "ten_crop":
+            images = TF.center_crop(images, [min(images.shape[-2:])] * 2)
+        confidence, predicted = probs.max(dim=1)
+        labels = batch["label"][:n]
+        names = self.class_names
+        captions = [f"{names[p]} {c:.2f}" for p, c in zip(predicted.tolist(), confidence.tolist())]
+        colours = [GOOD if p == t else BAD for p, t in zip(predicted.tolist(), labels.tolist())]
+        stats = _normalisation(self)
+        self.log_picture(f"{stage}/examples", image_grid(to_uint8_images(images, *stats), captions, colours))
+
+    # ---- predict -----------------------------------------------------------------------------------------
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        probs = self.predict_probs(batch["image"])
+        return {"probs": probs, "labels": probs.argmax(dim=1)}
+
+    def predict_image(self, image: np.ndarray | torch.Tensor, transform=None) -> dict[str, Any]:
+        """Classify one HxWx3 uint8 image (numpy) or a normalised CHW tensor; for notebooks."""
+        if isinstance(image, np.ndarray):
+            if transform is None:
+                raise ValueError("predict_image needs the eval transform for a raw image, e.g. "
+                                 "datamodule.eval_transform")
+            image = transform(image=image)["image"]
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            probs = self.predict_probs(image.unsqueeze(0).to(self.device))[0]
+        self.train(was_training)
+        label = int(probs.argmax())
+        return {"probs": probs.cpu(), "labels": label, "label_name": self.class_names[label]}
+
+    def prediction_records(self, prediction: dict, batch: dict, out_dir: Path, batch_idx: int) -> list[dict]:
+        names = self.class_names
+        probs = prediction["probs"].float().cpu()
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            n = self.hparams.num_log_images
+            images = batch["image"][:n]
+            if self.hparams.tta == "ten_crop":
+                images = TF.center_crop(images, [min(images.shape[-2:])] * 2)
+            captions = [f"{names[int(l)]} {float(p.max()):.2f}" for l, p in zip(prediction["labels"][:n], probs[:n])]
+            save_png(image_grid(to_uint8_images(images.cpu(), *_normalisation(self)), captions),
+                     out_dir / "preview.png")
+        return [{"file": path, "label": names[int(label)], "probability": float(p[int(label)]),
+                 "probs": [round(float(v), 6) for v in p]}
+                for path, label, p in zip(batch["path"], prediction["labels"], probs)]
+
+    def save_predictions(self, records: Sequence[dict], out_dir: Path) -> Path:
+        path = out_dir / "predictions.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "label", "probability", *[f"p_{n}" for n in self.class_names]])
+            for r in sorted(records, key=lambda r: r["file"]):
+                writer.writerow([r["file"], r["label"], f"{r['probability']:.6f}", *r["probs"]])
+        return path
+
+
+def _normalisation(task: BaseTask) -> tuple[Sequence[float], Sequence[float]]:
+    datamodule = getattr(task.trainer, "datamodule", None)
+    from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)
