@@ -2,3 +2,4 @@ from .base import BaseDataModule
 from .image_folder import ImageFolderDataModule
 
 __all__ = ["BaseDataModule", "ImageFolderDataModule"]
+from .detection import CocoDetectionDataModule, DetectionDataModule, VOCDetectionDataModule  # noqa: F401
