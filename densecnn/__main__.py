@@ -1,7 +1,14 @@
-"""``python -m densecnn`` / ``densecnn``: the LightningCLI (fit, validate, test, predict)."""
+"""``python -m densecnn`` / ``densecnn``: the LightningCLI (fit, validate, test, predict), plus
+``summary <backbone>`` (layer table, parameters, multiply-adds; see ``densecnn.summary``)."""
+import sys
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "summary":  # plain PyTorch: no Lightning needed
+        from densecnn.summary import main as summary_main
+
+        sys.exit(summary_main(sys.argv[2:]))
+
     from tasks.cli import main as cli_main
 
     cli_main()

@@ -36,20 +36,21 @@ class LocalContrastNorm(nn.Module):
         channels: number of feature maps (the window is spread over all of them).
         size: odd spatial size of the Gaussian window (9 in the paper).
         sigma: the Gaussian's standard deviation (``size / 4`` by default).
-        eps: floor of the divisor, so an all-constant input gives 0 rather than 0/0.
+        eps: floor of the divisor, so a flat input gives 0 rather than 0/0.
     """
 
-    def __init__(self, channels: int, size: int = 9, sigma: float | None = None, eps: float = 1e-6):
+    def __init__(self, channels: int, size: int = 9, sigma: float | None = None, eps: float = 1e-4):
         super().__init__()
         self.channels, self.size, self.eps = channels, size, eps
-        window = gaussian_window(size, sigma) / channels  # sums to 1 over (i, p, q)
-        self.register_buffer("weight", window.expand(1, channels, size, size).contiguous(), persistent=False)
+        # w_ipq = g_pq / channels sums to 1 over (i, p, q); sum_ipq w_ipq x_i = g conv (mean over i of x_i),
+        # so one 2D Gaussian over the channel mean does it
+        self.register_buffer("weight", gaussian_window(size, sigma).view(1, 1, size, size), persistent=False)
 
     def _local_mean(self, x: torch.Tensor) -> torch.Tensor:
         pad = self.size // 2
-        total = F.conv2d(x, self.weight, padding=pad)
+        total = F.conv2d(x.mean(dim=1, keepdim=True), self.weight, padding=pad)
         # the weight that fell inside the image at each position (1 away from the borders)
-        ones = torch.ones(1, self.channels, *x.shape[-2:], dtype=x.dtype, device=x.device)
+        ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
         coverage = F.conv2d(ones, self.weight, padding=pad)
         return total / coverage  # (N, 1, H, W): shared by every feature map at that site
 
@@ -57,6 +58,9 @@ class LocalContrastNorm(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"LocalContrastNorm({self.channels}) expects (N, {self.channels}, H, W), "
                              f"got {tuple(x.shape)}")
+        # subtracting a constant first changes nothing mathematically (the window sums to 1) but keeps a
+        # large offset from leaving rounding noise that the division would amplify
+        x = x - x.mean(dim=(1, 2, 3), keepdim=True)
         v = x - self._local_mean(x)
         sigma = self._local_mean(v * v).clamp_min(0).sqrt()
         c = sigma.mean(dim=(1, 2, 3), keepdim=True)
