@@ -6,3 +6,6 @@ from .datamodules import BaseDataModule, ImageFolderDataModule
 
 __all__ = ["BaseDataModule", "BaseTask", "CheckpointError", "ClassificationTask", "FreezeBackbone",
            "ImageFolderDataModule", "MetricsJSONWriter", "PredictionWriter"]
+from .dense import DensePredictionTask  # noqa: E402
+from .datamodules.dense import DenseDataModule, NYUDepthV2DataModule  # noqa: E402
+__all__ += ["DenseDataModule", "DensePredictionTask", "NYUDepthV2DataModule"]

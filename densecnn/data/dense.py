@@ -1,0 +1,453 @@
+"""Dense-prediction data: the per-sample folder format, normals from depth, and joint augmentation.
+
+Folder format (DESIGN.md), one file per sample and map, matched by file stem::
+
+    root/<split>/rgb/<name>.png        the image
+    root/<split>/depth/<name>.png      uint16 millimetres, 0 = missing
+    root/<split>/normals/<name>.png    RGB-encoded unit normals (see ``encode_normals``), (0, 0, 0) = missing
+    root/<split>/labels/<name>.png     uint8 (or palette) class ids, 255 = ignore
+    root/classes.txt                   optional: one class name per line
+    root/camera.json                   optional: {"fx", "fy", "cx", "cy", "width", "height"} for normals from depth
+
+Normals are in the camera frame of the image: x to the right, y down, z forward (along the optical axis),
+oriented towards the camera. A horizontal flip therefore negates x, and rotating the image rotates (x, y).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .image_folder import DataError, read_rgb
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+IGNORE_LABEL = 255
+MAP_FOLDERS = {"depth": "depth", "normals": "normals", "semantic": "labels"}
+
+
+# ---- camera ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics in pixels for an image of ``width`` x ``height``."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def scaled(self, height: int, width: int) -> "Intrinsics":
+        sx, sy = width / self.width, height / self.height
+        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height)
+
+
+# The NYU Depth v2 toolbox's colour-camera calibration (camera_params.m: fx_rgb, fy_rgb, cx_rgb, cy_rgb).
+NYU_INTRINSICS = Intrinsics(5.1885790117450188e02, 5.1946961112127485e02, 3.2558244941119034e02,
+                            2.5373616633400465e02, 640, 480)
+
+
+def read_intrinsics(path: str | os.PathLike) -> Intrinsics:
+    try:
+        values = json.loads(Path(path).read_text())
+        return Intrinsics(*(float(values[k]) for k in ("fx", "fy", "cx", "cy")), int(values["width"]),
+                          int(values["height"]))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a camera file with fx, fy, cx, cy, width, height ({err})") from err
+
+
+# ---- map files --------------------------------------------------------------------------------------------------
+def _read_array(path: str | os.PathLike) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot decode image ({err})") from err
+
+
+def read_depth_png(path: str | os.PathLike) -> np.ndarray:
+    """A uint16 millimetre PNG as float32 metres (0 stays 0 = missing)."""
+    array = _read_array(path)
+    if array.ndim != 2 or array.dtype not in (np.uint16, np.int32, np.uint8):
+        raise DataError(f"{path}: depth must be a single-channel 16-bit PNG in millimetres, got "
+                        f"{array.dtype} with shape {array.shape}")
+    return array.astype(np.float32) / 1000.0
+
+
+def write_depth_png(depth_m: np.ndarray, path: str | os.PathLike) -> None:
+    """Metres -> uint16 millimetre PNG; missing (0, NaN, inf) -> 0; clipped at 65.535 m."""
+    depth = np.nan_to_num(np.asarray(depth_m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    Image.fromarray(np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)).save(path)
+
+
+def encode_normals(normals: np.ndarray) -> np.ndarray:
+    """(H, W, 3) unit vectors -> uint8 RGB with ``rgb = round((n + 1) / 2 * 255)``; missing (zero) -> black,
+    which no unit vector encodes to."""
+    normals = np.nan_to_num(np.asarray(normals, dtype=np.float32))
+    valid = np.linalg.norm(normals, axis=-1) > 0.5
+    rgb = np.clip(np.round((normals + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    rgb[~valid] = 0
+    return rgb
+
+
+def decode_normals(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> (H, W, 3) float32 unit vectors; black pixels -> zero vectors (missing)."""
+    normals = rgb.astype(np.float32) / 127.5 - 1.0
+    length = np.linalg.norm(normals, axis=-1, keepdims=True)
+    missing = (rgb == 0).all(-1, keepdims=True) | (length < 1e-3)
+    return np.where(missing, 0.0, normals / np.maximum(length, 1e-6)).astype(np.float32)
+
+
+def read_normals_png(path: str | os.PathLike) -> np.ndarray:
+    array = _read_array(path)
+    if array.ndim != 3 or array.shape[-1] < 3:
+        raise DataError(f"{path}: normals must be an RGB PNG, got shape {array.shape}")
+    return decode_normals(array[..., :3])
+
+
+def read_labels_png(path: str | os.PathLike) -> np.ndarray:
+    """Class ids from a grayscale or palette ('P' mode) PNG; 255 = ignore."""
+    array = _read_array(path)
+    if array.ndim != 2:
+        raise DataError(f"{path}: labels must be a single-channel (grayscale or palette) PNG, got shape "
+                        f"{array.shape}")
+    return array.astype(np.int64)
+
+
+def write_labels_png(labels: np.ndarray, path: str | os.PathLike, palette: np.ndarray | None = None) -> None:
+    """Indexed PNG of uint8 class ids; with ``palette`` ((K, 3) uint8) it is a 'P'-mode image viewers colour."""
+    image = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="L")
+    if palette is not None:
+        image = image.convert("P")
+        flat = np.zeros((256, 3), dtype=np.uint8)
+        flat[: len(palette)] = palette[:256]
+        image.putpalette(flat.reshape(-1).tolist())
+    image.save(path)
+
+
+# ---- surface normals from depth -----------------------------------------------------------------------------
+def backproject(depth: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
+    """(H, W) depth (z, metres) -> (H, W, 3) camera-frame points (x right, y down, z forward)."""
+    height, width = depth.shape
+    cam = intrinsics.scaled(height, width) if (height, width) != (intrinsics.height, intrinsics.width) else intrinsics
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    return np.stack([(u - cam.cx) / cam.fx * depth, (v - cam.cy) / cam.fy * depth, depth], axis=-1)
+
+
+def normals_from_depth(depth: np.ndarray, intrinsics: Intrinsics = NYU_INTRINSICS, *, window: int = 7,
+                       min_points: int = 6, max_relative_step: float | None = 0.05) -> np.ndarray:
+    """Surface normals by least-squares plane fits to each pixel's neighbours in the point cloud.
+
+    This is the method of Silberman et al. (NYU Depth v2 toolbox, ``compute_local_planes``), which Eigen &
+    Fergus use for their training targets (Sec. 4.2, S3 L4338-4345): for every pixel, the points of its
+    ``window`` x ``window`` neighbourhood with valid depth are fitted by the total-least-squares plane, whose
+    normal is the eigenvector of the smallest eigenvalue of their 3x3 covariance. As in the toolbox,
+    neighbours whose depth differs from the centre's by more than ``max_relative_step`` times the centre's
+    depth are left out (they lie across an occlusion edge). Normals point towards the camera; pixels
+    with missing depth or fewer than ``min_points`` usable neighbours get a zero vector (missing).
+
+    Vectorised: the neighbourhood sums are taken for every offset of the window at once.
+    """
+    depth = np.nan_to_num(np.asarray(depth, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    height, width = depth.shape
+    points = backproject(depth, intrinsics)
+    valid = depth > 0
+    r = window // 2
+    pad = ((r, r), (r, r))
+    dpad = np.pad(depth, pad)
+    ppad = np.pad(points, pad + ((0, 0),))
+    vpad = np.pad(valid, pad)
+    count = np.zeros((height, width))
+    s1 = np.zeros((height, width, 3))
+    s2 = np.zeros((height, width, 3, 3))
+    for dy in range(window):
+        for dx in range(window):
+            nd = dpad[dy:dy + height, dx:dx + width]
+            ok = vpad[dy:dy + height, dx:dx + width] & valid
+            if max_relative_step is not None:
+                ok &= np.abs(nd - depth) <= max_relative_step * depth
+            p = ppad[dy:dy + height, dx:dx + width] * ok[..., None]
+            count += ok
+            s1 += p
+            s2 += p[..., :, None] * p[..., None, :]
+    n = np.maximum(count, 1)[..., None]
+    mean = s1 / n
+    cov = s2 / n[..., None] - mean[..., :, None] * mean[..., None, :]
+    _, vectors = np.linalg.eigh(cov)
+    normals = vectors[..., 0]  # eigenvalues ascending: the direction of least spread
+    towards_camera = np.where((normals * points).sum(-1, keepdims=True) > 0, -1.0, 1.0)
+    normals = normals * towards_camera
+    normals[~(valid & (count >= min_points))] = 0.0
+    return normals.astype(np.float32)
+
+
+# ---- joint augmentation -------------------------------------------------------------------------------------
+@dataclass
+class DenseSample:
+    """One sample as numpy arrays: ``rgb`` (H, W, 3) uint8 and whichever maps the dataset has."""
+
+    rgb: np.ndarray
+    depth: np.ndarray | None = None     # (H, W) float32 metres, 0 = missing
+    normals: np.ndarray | None = None   # (H, W, 3) float32, zero vector = missing
+    semantic: np.ndarray | None = None  # (H, W) int64, 255 = ignore
+
+
+def _resize_maps(sample: DenseSample, height: int, width: int) -> DenseSample:
+    """RGB bilinearly (area when shrinking), maps by nearest neighbour so that no value is invented between a
+    surface and a hole; normals are renormalised."""
+    if sample.rgb.shape[:2] == (height, width):
+        return sample
+    shrink = height < sample.rgb.shape[0]
+    rgb = cv2.resize(sample.rgb, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+    def nearest(a):
+        return None if a is None else cv2.resize(a, (width, height), interpolation=cv2.INTER_NEAREST)
+
+    semantic = None if sample.semantic is None else nearest(sample.semantic.astype(np.uint8)).astype(np.int64)
+    return DenseSample(rgb, nearest(sample.depth), nearest(sample.normals), semantic)
+
+
+def _warp_maps(sample: DenseSample, matrix: np.ndarray, height: int, width: int) -> DenseSample:
+    def warp(a, interpolation, border):
+        if a is None:
+            return None
+        return cv2.warpAffine(a, matrix, (width, height), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=border)
+
+    semantic = None if sample.semantic is None else warp(sample.semantic.astype(np.uint8), cv2.INTER_NEAREST,
+                                                         IGNORE_LABEL).astype(np.int64)
+    return DenseSample(warp(sample.rgb, cv2.INTER_LINEAR, 0), warp(sample.depth, cv2.INTER_NEAREST, 0),
+                       warp(sample.normals, cv2.INTER_NEAREST, 0), semantic)
+
+
+def rotate_normals(normals: np.ndarray, degrees: float) -> np.ndarray:
+    """The normals of an image rotated by ``degrees`` counter-clockwise on screen (a camera roll): (x, y)
+    turn with the image, z is unchanged. In the x-right/y-down frame a counter-clockwise turn by t maps
+    (x, y) to (x cos t + y sin t, -x sin t + y cos t)."""
+    t = math.radians(degrees)
+    x, y = normals[..., 0].copy(), normals[..., 1].copy()
+    out = normals.copy()
+    out[..., 0] = x * math.cos(t) + y * math.sin(t)
+    out[..., 1] = -x * math.sin(t) + y * math.cos(t)
+    return out
+
+
+def hflip_sample(sample: DenseSample) -> DenseSample:
+    """Mirror left-right; the normals' x component changes sign (the mirrored surface faces the other way)."""
+    normals = None
+    if sample.normals is not None:
+        normals = sample.normals[:, ::-1].copy()
+        normals[..., 0] *= -1
+    flip = (lambda a: None if a is None else a[:, ::-1].copy())
+    return DenseSample(flip(sample.rgb), flip(sample.depth), normals, flip(sample.semantic))
+
+
+class DenseAugment:
+    """Eigen & Fergus's training augmentation (Sec. 5, following Eigen et al. 2014), applied jointly to the
+    image and every map, then a random crop:
+
+    * scale: the image and maps are enlarged by ``s`` in ``scale`` and the depths divided by ``s`` (an
+      object seen s times larger is s times closer);
+    * rotation by ``r`` in ``[-rotation, rotation]`` degrees (normals' x, y turn with the image);
+    * random crop to ``crop_size`` (maps padded as missing when the image is smaller);
+    * horizontal flip with probability ``flip_p`` (normals' x negated);
+    * colour: RGB multiplied by a random ``c`` in ``colour`` ^ 3, plus optional brightness/contrast jitter
+      (image only).
+
+    ``train=False`` resizes to ``size`` and optionally centre-crops ``crop_size``, with no randomness.
+    """
+
+    def __init__(self, size: Sequence[int], crop_size: Sequence[int] | None = None, *, train: bool = True,
+                 scale: Sequence[float] = (1.0, 1.5), rotation: float = 5.0, flip_p: float = 0.5,
+                 colour: Sequence[float] = (0.8, 1.2), brightness: float = 0.0, contrast: float = 0.0,
+                 eval_crop: bool = False, seed: int | None = None):
+        self.size = (int(size[0]), int(size[1]))
+        self.crop_size = tuple(int(c) for c in crop_size) if crop_size else self.size
+        self.train, self.eval_crop = train, eval_crop
+        self.scale, self.rotation, self.flip_p = tuple(scale), float(rotation), float(flip_p)
+        self.colour, self.brightness, self.contrast = tuple(colour), float(brightness), float(contrast)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed) if seed is not None else None
+
+    def _generator(self) -> np.random.Generator:
+        # Without a fixed seed, draw from torch's RNG: it is seeded by seed_everything and differs per
+        # DataLoader worker, so workers do not repeat each other's augmentations.
+        if self._rng is not None:
+            return self._rng
+        return np.random.default_rng(int(torch.randint(0, 2 ** 62, ()).item()))
+
+    def __call__(self, sample: DenseSample) -> DenseSample:
+        sample = _resize_maps(sample, *self.size)
+        if not self.train:
+            return self._centre_crop(sample) if self.eval_crop else sample
+        rng = self._generator()
+        s = float(rng.uniform(*self.scale))
+        angle = float(rng.uniform(-self.rotation, self.rotation)) if self.rotation else 0.0
+        ch, cw = self.crop_size
+        height, width = sample.rgb.shape[:2]
+        sh, sw = round(height * s), round(width * s)
+        # one affine warp does scale + rotation about the centre and the crop offset at once
+        top = int(rng.integers(0, max(sh - ch, 0) + 1))
+        left = int(rng.integers(0, max(sw - cw, 0) + 1))
+        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, s)
+        matrix[0, 2] += (sw - width) / 2 - left
+        matrix[1, 2] += (sh - height) / 2 - top
+        out = _warp_maps(sample, matrix, ch, cw)
+        if out.depth is not None:
+            out.depth = out.depth / s
+        if out.normals is not None and angle:
+            out.normals = rotate_normals(out.normals, angle)
+        if rng.random() < self.flip_p:
+            out = hflip_sample(out)
+        out.rgb = self._colour(out.rgb, rng)
+        return out
+
+    def _centre_crop(self, sample: DenseSample) -> DenseSample:
+        ch, cw = self.crop_size
+        height, width = sample.rgb.shape[:2]
+        top, left = max((height - ch) // 2, 0), max((width - cw) // 2, 0)
+        cut = (lambda a: None if a is None else a[top:top + ch, left:left + cw].copy())
+        return DenseSample(cut(sample.rgb), cut(sample.depth), cut(sample.normals), cut(sample.semantic))
+
+    def _colour(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = rgb.astype(np.float32)
+        if self.colour and self.colour != (1.0, 1.0):
+            x = x * rng.uniform(*self.colour, size=3).astype(np.float32)
+        if self.brightness:
+            x = x * float(rng.uniform(1 - self.brightness, 1 + self.brightness))
+        if self.contrast:
+            mean = x.mean()
+            x = (x - mean) * float(rng.uniform(1 - self.contrast, 1 + self.contrast)) + mean
+        return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def sample_to_tensors(sample: DenseSample, mean: Sequence[float] = IMAGENET_MEAN,
+                      std: Sequence[float] = IMAGENET_STD) -> dict[str, torch.Tensor]:
+    """Normalised CHW image and the maps as tensors: ``depth`` (H, W) metres, ``normals`` (3, H, W),
+    ``semantic`` (H, W) int64."""
+    image = torch.from_numpy(np.array(sample.rgb, dtype=np.float32)).permute(2, 0, 1).div(255)
+    image = (image - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    out = {"image": image}
+    if sample.depth is not None:
+        out["depth"] = torch.from_numpy(np.ascontiguousarray(sample.depth, dtype=np.float32))
+    if sample.normals is not None:
+        out["normals"] = torch.from_numpy(np.ascontiguousarray(sample.normals, dtype=np.float32)).permute(2, 0, 1)
+    if sample.semantic is not None:
+        out["semantic"] = torch.from_numpy(np.ascontiguousarray(sample.semantic, dtype=np.int64))
+    return out
+
+
+def check_sample(sample: DenseSample, name: str, num_classes: int | None = None) -> None:
+    """Maps must match the image's size, depth must be non-negative, labels within ``[0, num_classes)`` or
+    255: otherwise a DataError naming the sample."""
+    size = sample.rgb.shape[:2]
+    for key in ("depth", "normals", "semantic"):
+        array = getattr(sample, key)
+        if array is not None and array.shape[:2] != size:
+            raise DataError(f"{name}: the {key} map is {array.shape[1]}x{array.shape[0]} but the RGB image is "
+                            f"{size[1]}x{size[0]} (width x height); maps must be aligned with the image")
+    if sample.depth is not None and bool((sample.depth < 0).any()):
+        raise DataError(f"{name}: negative depth values")
+    if sample.semantic is not None and num_classes is not None:
+        bad = np.unique(sample.semantic[(sample.semantic != IGNORE_LABEL)
+                                        & ((sample.semantic < 0) | (sample.semantic >= num_classes))])
+        if bad.size:
+            raise DataError(f"{name}: label values {bad[:10].tolist()} are outside the {num_classes} classes "
+                            f"(0..{num_classes - 1}, 255 = ignore)")
+
+
+# ---- the folder dataset -------------------------------------------------------------------------------------
+def read_class_names(root: str | os.PathLike) -> list[str] | None:
+    path = Path(root) / "classes.txt"
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+class DenseFolderDataset(Dataset):
+    """Samples of ``split_dir/{rgb,depth,normals,labels}/<name>.png`` as
+    ``{"image", "depth", "normals", "semantic", "name", "path"}`` (the maps the folder has).
+
+    Args:
+        split_dir: the split's folder.
+        maps: which maps to load (``depth``, ``normals``, ``semantic``); default: every map folder present.
+        transform: a ``DenseAugment`` (or any callable on ``DenseSample``).
+        num_classes: labels must be below it (or 255).
+        normals_from_depth: when ``normals`` are requested and the folder has none, compute them from depth
+            (``normals_from_depth``) with ``intrinsics`` (default: ``root/camera.json``, else NYU's).
+        mean, std: image normalisation.
+    """
+
+    def __init__(self, split_dir: str | os.PathLike, maps: Sequence[str] | None = None, transform=None,
+                 num_classes: int | None = None, normals_from_depth: bool = True,
+                 intrinsics: Intrinsics | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD):
+        self.split_dir = Path(split_dir)
+        rgb_dir = self.split_dir / "rgb"
+        if not rgb_dir.is_dir():
+            raise DataError(f"{rgb_dir}: folder not found (expected {self.split_dir}/rgb/<name>.png and map "
+                            f"folders depth/, normals/, labels/)")
+        self.rgb_paths = sorted(p for p in rgb_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not self.rgb_paths:
+            raise DataError(f"{rgb_dir}: no images")
+        present = [m for m, folder in MAP_FOLDERS.items() if (self.split_dir / folder).is_dir()]
+        self.maps = list(present if maps is None else maps)
+        self.derive_normals = False
+        for m in self.maps:
+            if m not in MAP_FOLDERS:
+                raise DataError(f"unknown map {m!r}; maps: {', '.join(MAP_FOLDERS)}")
+            if m not in present:
+                if m == "normals" and normals_from_depth and "depth" in present:
+                    self.derive_normals = True
+                    continue
+                raise DataError(f"{self.split_dir}: no {MAP_FOLDERS[m]}/ folder for the {m!r} target "
+                                f"(folders present: rgb, {', '.join(MAP_FOLDERS[p] for p in present) or 'none'})")
+        if intrinsics is None:
+            camera = self.split_dir.parent / "camera.json"
+            intrinsics = read_intrinsics(camera) if camera.is_file() else NYU_INTRINSICS
+        self.intrinsics = intrinsics
+        self.transform, self.num_classes = transform, num_classes
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.rgb_paths)
+
+    def map_path(self, key: str, rgb_path: Path) -> Path:
+        return self.split_dir / MAP_FOLDERS[key] / (rgb_path.stem + ".png")
+
+    def load(self, index: int) -> DenseSample:
+        rgb_path = self.rgb_paths[index]
+        sample = DenseSample(read_rgb(rgb_path))
+        readers = {"depth": read_depth_png, "normals": read_normals_png, "semantic": read_labels_png}
+        wanted = set(self.maps) | ({"depth"} if self.derive_normals else set())
+        for key in wanted:
+            if key == "normals" and self.derive_normals:
+                continue
+            path = self.map_path(key, rgb_path)
+            if not path.is_file():
+                raise DataError(f"{rgb_path.stem} ({self.split_dir}): {path} is missing")
+            setattr(sample, key, readers[key](path))
+        check_sample(sample, f"sample {rgb_path.stem} ({rgb_path})", self.num_classes)
+        if self.derive_normals:
+            sample.normals = normals_from_depth(sample.depth, self.intrinsics)
+            if "depth" not in self.maps:
+                sample.depth = None
+        return sample
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.load(index)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        out = sample_to_tensors(sample, self.mean, self.std)
+        out["name"] = self.rgb_paths[index].stem
+        out["path"] = str(self.rgb_paths[index])
+        return out

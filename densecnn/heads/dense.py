@@ -1,0 +1,192 @@
+"""Eigen & Fergus's common multi-scale architecture for depth, surface normals and semantic labels
+(arXiv 1411.4734, "Predicting Depth, Surface Normals and Semantic Labels with a Common Multi-Scale
+Convolutional Architecture", Section 3 and Fig. 1; S3 L4248-4382 in shared/seeds).
+
+    scale 1  the backbone over the whole image, then two fully connected layers (full_s1_6: 4096 units,
+             full_s1_7: a 64-channel map at 1/16 of the input, 19x14 for the 304x228 input) that give every
+             output pixel the global context; upsampled to the scale-2 grid.
+    scale 2  conv 9x9/2 (96) + max-pool 3x3/2 over the image at 1/4 resolution (74x55), concatenated with the
+             scale-1 map ("96+64"), then 5x5 convolutions (64, 64, 64) and a 5x5 output layer per target
+             (C channels: depth 1, normals 3, semantic one per class), upsampled x2.
+    scale 3  conv 9x9/2 (64) + max-pool 3x3/1 over the image at 1/2 resolution (147x109), concatenated with
+             the scale-2 predictions ("64+C"), then 5x5 convolutions (64, 64) and the 5x5 output layer.
+
+Sources, since the seeds give channel labels only (S3 L4248-4300: "96 256 384 384 256 4096", scale 2
+"64 128 64 64", scale 3 "63 64 64 64" and, for the multi-task figure, "64 64+C 64 64"; input 320x240,
+output 147x109): kernel sizes, strides, the 9x9/96 first layer of scale 2, the 1/16 19x14x64 output of
+scale 1 and the number of 5x5 layers follow the paper's architecture table and the authors' released
+depth+normals VGG model (scale-2 stack conv_s2_2..conv_s2_5, scale-3 stack conv_s3_2..conv_s3_4, 9x9/2 valid
+convolutions padded by one pixel, max-pools 3x3/2 and 3x3/1). The slides' older figure uses 64 instead of
+96 at scale 2 and 63+1 at scale 3; both are a ``scale*_image_channels`` argument away.
+
+Targets share scale 1 and the first (image) layer of scales 2 and 3; each target has its own 5x5 stacks, as
+in the released depth+normals model. Scale 3 sees every target's scale-2 prediction. Normals are L2-normalised
+per pixel inside the network so the loss backpropagates through the normalisation (Sec. 4.2); depth is
+predicted as log depth (the loss of Sec. 4.1 is on log depth); semantic outputs are class scores (Sec. 4.3).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: the paper's three targets and their fixed channel counts (semantic: one per class, given separately)
+DENSE_TARGETS = ("depth", "normals", "semantic")
+
+
+def target_channels(targets: Sequence[str], num_classes: int | None) -> dict[str, int]:
+    channels = {}
+    for target in targets:
+        if target == "depth":
+            channels[target] = 1
+        elif target == "normals":
+            channels[target] = 3
+        elif target == "semantic":
+            if not num_classes or num_classes < 2:
+                raise ValueError("the semantic target needs num_classes >= 2")
+            channels[target] = num_classes
+        else:
+            raise ValueError(f"unknown dense target {target!r}; targets: {', '.join(DENSE_TARGETS)}")
+    if not channels:
+        raise ValueError(f"at least one dense target is needed ({', '.join(DENSE_TARGETS)})")
+    return channels
+
+
+def finish_prediction(target: str, x: torch.Tensor) -> torch.Tensor:
+    """Normals: unit length per pixel (Sec. 4.2); depth (log) and semantic scores are used as they are."""
+    return F.normalize(x, dim=1, eps=1e-6) if target == "normals" else x
+
+
+class CoarseScale(nn.Module):
+    """Scale 1's fully connected part: pool the backbone's deepest map to ``pool_size``, full_s1_6 (4096,
+    ReLU, dropout 0.5), full_s1_7 (``channels`` x ``coarse_size`` map, ReLU).
+
+    The paper's scale 1 sees a 304x228 input, so the deepest AlexNet map is already 8x6 (W x H) and the
+    pooling is the identity; for other backbones and input sizes the adaptive pooling fixes the width of
+    full_s1_6 so that any registered backbone works.
+    """
+
+    def __init__(self, in_channels: int, *, pool_size: tuple[int, int] = (6, 8), hidden: int = 4096,
+                 channels: int = 64, coarse_size: tuple[int, int] = (14, 19), dropout: float = 0.5):
+        super().__init__()
+        self.pool_size, self.coarse_size, self.channels = tuple(pool_size), tuple(coarse_size), channels
+        self.pool = nn.AdaptiveAvgPool2d(self.pool_size)
+        self.full6 = nn.Linear(in_channels * self.pool_size[0] * self.pool_size[1], hidden)
+        self.drop6 = nn.Dropout(dropout)
+        self.full7 = nn.Linear(hidden, channels * self.coarse_size[0] * self.coarse_size[1])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.pool(features), 1)
+        x = self.drop6(F.relu(self.full6(x)))
+        x = F.relu(self.full7(x))
+        return x.view(len(x), self.channels, *self.coarse_size)
+
+
+def _conv_stack(in_channels: int, widths: Sequence[int], out_channels: int, kernel_size: int,
+                batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers.append(nn.Conv2d(in_channels, width, kernel_size, padding=kernel_size // 2, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(nn.ReLU(inplace=True))
+        in_channels = width
+    layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2))  # linear output
+    return nn.Sequential(*layers)
+
+
+class RefineScale(nn.Module):
+    """Scales 2 and 3: a 9x9/2 convolution of the image and a 3x3 max-pool (stride ``pool_stride``), concatenated
+    with the previous scale's output, then per-target 5x5 stacks ending in a linear output layer."""
+
+    def __init__(self, in_chans: int, context_channels: int, out_channels: Mapping[str, int], *,
+                 image_channels: int, widths: Sequence[int], pool_stride: int, image_kernel: int = 9,
+                 kernel_size: int = 5, batch_norm: bool = False):
+        super().__init__()
+        # 9x9 stride 2 "valid" convolution padded by one pixel and a 3x3 max-pool: 304x228 -> 149x111 ->
+        # 74x55 (stride 2, scale 2) or 147x109 (stride 1, scale 3), the sizes of the paper's table.
+        self.image_conv = nn.Conv2d(in_chans, image_channels, image_kernel, stride=2, padding=1)
+        self.image_pool = nn.MaxPool2d(3, stride=pool_stride)
+        self.stacks = nn.ModuleDict({
+            name: _conv_stack(image_channels + context_channels, widths, channels, kernel_size, batch_norm)
+            for name, channels in out_channels.items()})
+
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_pool(F.relu(self.image_conv(image)))
+
+    def forward(self, image: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.image_features(image)
+        context = F.interpolate(context, size=features.shape[-2:], mode="bilinear", align_corners=False)
+        x = torch.cat([features, context], dim=1)
+        return {name: finish_prediction(name, stack(x)) for name, stack in self.stacks.items()}
+
+
+class MultiScaleDenseHead(nn.Module):
+    """Scales 1 (fully connected part), 2 and 3 over a backbone's deepest feature map and the image.
+
+    Args:
+        backbone_channels: channels of the backbone's deepest map (``feature_info[-1].num_chs``).
+        targets: any of ``depth``, ``normals``, ``semantic``; ``num_classes`` for semantic.
+        in_chans: image channels seen by scales 2 and 3.
+        coarse_pool, coarse_hidden, coarse_channels, coarse_size: scale 1's FC layers (paper: 8x6 pool,
+            4096, 64 channels on a 19x14 grid).
+        scale2_image_channels, scale2_widths: scale 2 (paper: 96; 64, 64, 64).
+        scale3_image_channels, scale3_widths: scale 3 (paper: 64; 64, 64). ``scale3: false`` stops at
+            scale 2 (the "scales 1+2" row of Table 6).
+        batch_norm: batch norm in the 5x5 stacks (not in the paper; helps short runs from scratch).
+    """
+
+    def __init__(self, backbone_channels: int, targets: Sequence[str] = ("depth",), num_classes: int | None = None,
+                 *, in_chans: int = 3, coarse_pool: tuple[int, int] = (6, 8), coarse_hidden: int = 4096,
+                 coarse_channels: int = 64, coarse_size: tuple[int, int] = (14, 19), coarse_dropout: float = 0.5,
+                 scale2_image_channels: int = 96, scale2_widths: Sequence[int] = (64, 64, 64),
+                 scale3_image_channels: int = 64, scale3_widths: Sequence[int] = (64, 64), scale3: bool = True,
+                 batch_norm: bool = False):
+        super().__init__()
+        self.out_channels = target_channels(targets, num_classes)
+        self.scale1 = CoarseScale(backbone_channels, pool_size=coarse_pool, hidden=coarse_hidden,
+                                  channels=coarse_channels, coarse_size=coarse_size, dropout=coarse_dropout)
+        self.scale2 = RefineScale(in_chans, coarse_channels, self.out_channels, image_channels=scale2_image_channels,
+                                  widths=scale2_widths, pool_stride=2, batch_norm=batch_norm)
+        self.scale3 = (RefineScale(in_chans, sum(self.out_channels.values()), self.out_channels,
+                                   image_channels=scale3_image_channels, widths=scale3_widths, pool_stride=1,
+                                   batch_norm=batch_norm) if scale3 else None)
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.out_channels)
+
+    def forward_scales(self, image: torch.Tensor, features: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Predictions of scale 2 (1/4 resolution) and, when present, scale 3 (1/2 resolution)."""
+        coarse = self.scale1(features)
+        scale2 = self.scale2(image, coarse)
+        if self.scale3 is None:
+            return [scale2]
+        previous = torch.cat([scale2[name] for name in self.out_channels], dim=1)
+        return [scale2, self.scale3(image, previous)]
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_scales(image, features)[-1]
+
+
+class MultiScaleDenseNet(nn.Module):
+    """A backbone (scale 1's convolutions) plus ``MultiScaleDenseHead``: ``net(x) -> {target: map}`` at the
+    last scale's resolution (147x109 for a 304x228 input); depth is log depth, normals are unit vectors.
+
+    >>> from densecnn import create_backbone
+    >>> net = MultiScaleDenseNet(create_backbone("resnet18", num_classes=0), targets=["depth", "normals"])
+    """
+
+    def __init__(self, backbone: nn.Module, targets: Sequence[str] = ("depth",), num_classes: int | None = None,
+                 **head_kwargs):
+        super().__init__()
+        self.backbone = backbone
+        self.head = MultiScaleDenseHead(backbone.feature_info[-1].num_chs, targets, num_classes, **head_kwargs)
+
+    def forward_scales(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self.head.forward_scales(x, self.backbone.forward_features(x)[-1])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_scales(x)[-1]

@@ -1,0 +1,230 @@
+"""Depth, surface-normal and semantic-labelling metrics, as Eigen & Fergus report them (Tables 1-3, S3 L4480-4579).
+
+Each family is a ``torchmetrics.MetricCollection`` of scalar metrics, so ``compute()`` returns a dict keyed
+as below and Lightning can log every entry as a Metric object (computed once per epoch, synced across DDP
+ranks by summing the states). ``update`` does the shared work once per batch and feeds each member.
+
+* ``DepthMetrics``: computed per image, then averaged over images (the NYU protocol of Eigen et al. 2014).
+* ``NormalMetrics``: over all valid pixels of the dataset (the protocol of Fouhey et al. that the paper uses).
+* ``SemanticMetrics``: from the dataset-wide confusion counts (torchmetrics' multiclass metrics).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.aggregation import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from ..losses.dense import IGNORE_INDEX, valid_depth_mask, valid_normals_mask
+
+DEPTH_KEYS = ("delta1", "delta2", "delta3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
+NORMAL_KEYS = ("mean", "median", "rmse", "within_11_25", "within_22_5", "within_30")
+SEMANTIC_KEYS = ("pixel_acc", "mean_acc", "miou", "fwiou")
+NORMAL_THRESHOLDS = {"within_11_25": 11.25, "within_22_5": 22.5, "within_30": 30.0}
+
+# Eigen et al. 2014's evaluation crop of the 640x480 NYU frames (rows 45:471, columns 41:601): the border
+# where the Kinect depth was filled in / the colour camera has no valid image.
+EIGEN_CROP_480x640 = (45, 471, 41, 601)
+
+
+def eigen_crop_mask(height: int, width: int, device=None) -> Tensor:
+    """The Eigen crop as a boolean (H, W) mask, scaled proportionally for maps other than 480x640."""
+    top, bottom, left, right = EIGEN_CROP_480x640
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    mask[round(top * height / 480):round(bottom * height / 480), round(left * width / 640):round(right * width / 640)] = True
+    return mask
+
+
+def _squeeze(x: Tensor) -> Tensor:
+    return x[:, 0] if x.dim() == 4 else x
+
+
+def depth_errors(pred: Tensor, target: Tensor, mask: Tensor | None = None, *, min_depth: float = 1e-3,
+                 max_depth: float | None = None, eigen_crop: bool = False,
+                 silog_lambda: float = 1.0) -> tuple[dict[str, Tensor], Tensor]:
+    """Per-image depth errors over valid pixels.
+
+    Returns ``(errors, has_pixels)``: ``errors[key]`` holds one value per image with at least one valid pixel
+    (``has_pixels`` marks which), so images without valid ground truth are skipped rather than producing NaN.
+    A pixel is valid where the ground truth is finite, above ``min_depth``, at most ``max_depth`` (the depth
+    cap, 10 m for NYU), inside the Eigen crop when asked, and inside ``mask``. Predictions are clamped to
+    ``[min_depth, max_depth]`` as in the reference evaluation code.
+    """
+    pred, target = _squeeze(pred).float(), _squeeze(target).float()
+    if pred.shape != target.shape:
+        raise ValueError(f"depth metrics: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    valid = valid_depth_mask(target, None if mask is None else _squeeze(mask)) & (target >= min_depth)
+    if max_depth is not None:
+        valid &= target <= max_depth
+    if eigen_crop:
+        valid &= eigen_crop_mask(*target.shape[-2:], device=target.device)
+    pred = torch.nan_to_num(pred, nan=min_depth, posinf=max_depth or 1e6).clamp(min=min_depth, max=max_depth)
+    gt = torch.where(valid, target, torch.ones_like(target))
+    pr = torch.where(valid, pred, torch.ones_like(pred))
+    n = valid.flatten(1).sum(1).float()
+    has = n > 0
+    n_safe = n.clamp(min=1)
+
+    def mean(x: Tensor) -> Tensor:
+        return (x * valid).flatten(1).sum(1) / n_safe
+
+    ratio = torch.maximum(pr / gt, gt / pr)
+    diff = pr - gt
+    log_diff = torch.log(pr) - torch.log(gt)
+    errors = {f"delta{k}": mean((ratio < 1.25 ** k).float()) for k in (1, 2, 3)}
+    errors["abs_rel"] = mean(diff.abs() / gt)
+    errors["sq_rel"] = mean(diff ** 2 / gt)
+    errors["rmse"] = mean(diff ** 2).sqrt()
+    errors["rmse_log"] = mean(log_diff ** 2).sqrt()
+    errors["log10"] = mean((torch.log10(pr) - torch.log10(gt)).abs())
+    errors["silog"] = (mean(log_diff ** 2) - silog_lambda * mean(log_diff) ** 2).clamp(min=0).sqrt()
+    return {k: v[has] for k, v in errors.items()}, has
+
+
+class _RootMean(MeanMetric):
+    """sqrt of a mean (an RMSE accumulated as the mean of squares)."""
+
+    def compute(self) -> Tensor:
+        return super().compute().sqrt()
+
+
+class DepthMetrics(MetricCollection):
+    """Depth accuracy (Eigen et al. 2014, Sec. 4.1; Table 1 of 1411.4734), per image then averaged over images.
+
+    Keys (``d_i = log p_i - log g_i`` over the image's n valid pixels, natural log, depths in metres):
+      * ``delta1/2/3``: fraction of pixels with ``max(p/g, g/p) < 1.25^k``;
+      * ``abs_rel``: mean ``|p - g| / g``;  ``sq_rel``: mean ``(p - g)^2 / g`` (divided by g, not g^2);
+      * ``rmse``: ``sqrt(mean (p - g)^2)`` in metres;  ``rmse_log``: ``sqrt(mean d^2)``;
+      * ``log10``: mean ``|log10 p - log10 g|``;
+      * ``silog``: the scale-invariant error ``sqrt((1/n) sum d^2 - (lambda/n^2) (sum d)^2)`` with
+        ``lambda = silog_lambda`` = 1 by default (Eigen et al. 2014's "sc-inv." column) and scale 1, i.e.
+        in log units, not multiplied by 100 as KITTI's SILog is.
+
+    Args:
+        min_depth, max_depth: valid ground-truth range and the clamp for predictions (NYU: 1e-3 and 10 m).
+        eigen_crop: evaluate only inside Eigen's crop (rows 45:471, cols 41:601 of a 480x640 frame).
+    """
+
+    def __init__(self, *, min_depth: float = 1e-3, max_depth: float | None = None, eigen_crop: bool = False,
+                 silog_lambda: float = 1.0, prefix: str | None = None):
+        members = {k: MeanMetric() for k in DEPTH_KEYS}
+        super().__init__(members, prefix=prefix, compute_groups=False)
+        self.options = dict(min_depth=min_depth, max_depth=max_depth, eigen_crop=eigen_crop,
+                            silog_lambda=silog_lambda)
+
+    def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:  # type: ignore[override]
+        """``pred`` and ``target`` are depths (not log) in metres, (N, H, W) or (N, 1, H, W)."""
+        self.update_members(dict(self.items(keep_base=True, copy_state=False)), pred, target, mask, **self.options)
+
+    @staticmethod
+    def update_members(members: dict[str, Metric], pred: Tensor, target: Tensor, mask: Tensor | None = None,
+                       **options) -> None:
+        """Feed members keyed as ``DEPTH_KEYS`` (also when they sit, flattened, in a task's collection)."""
+        errors, _ = depth_errors(pred, target, mask, **options)
+        for key, metric in members.items():
+            if len(errors[key]):
+                metric.update(errors[key])
+
+
+def angular_error_degrees(pred: Tensor, target: Tensor) -> Tensor:
+    """Angle in degrees between (N, 3, H, W) normal maps (both normalised here), per pixel (N, H, W)."""
+    pred = torch.nn.functional.normalize(pred.float(), dim=1, eps=1e-12)
+    target = torch.nn.functional.normalize(target.float(), dim=1, eps=1e-12)
+    return torch.rad2deg(torch.acos((pred * target).sum(1).clamp(-1.0, 1.0)))
+
+
+class _HistogramMedian(Metric):
+    """Median of angles in [0, 180] degrees from a fine histogram whose counts are summed across DDP ranks.
+
+    Storing every pixel's angle (654 NYU test images are 200 M pixels) is not practical; with
+    ``bins_per_degree`` = 100 the result is within 0.005 degrees of the exact median of all pixels
+    (linear interpolation inside the median's bin).
+    """
+
+    full_state_update = False
+
+    def __init__(self, bins_per_degree: int = 100, **kwargs):
+        super().__init__(**kwargs)
+        self.bins_per_degree = bins_per_degree
+        self.add_state("hist", torch.zeros(180 * bins_per_degree, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, angles: Tensor) -> None:
+        index = (angles.double() * self.bins_per_degree).long().clamp(0, self.hist.numel() - 1)
+        self.hist += torch.bincount(index, minlength=self.hist.numel()).to(self.hist)
+
+    def compute(self) -> Tensor:
+        total = self.hist.sum()
+        if total == 0:
+            return torch.tensor(float("nan"))
+        cumulative = self.hist.cumsum(0)
+        half = total / 2
+        b = int(torch.searchsorted(cumulative, half))
+        before = cumulative[b - 1] if b > 0 else torch.zeros((), dtype=cumulative.dtype)
+        fraction = (half - before) / self.hist[b]
+        return ((b + fraction) / self.bins_per_degree).float()
+
+
+class NormalMetrics(MetricCollection):
+    """Surface-normal accuracy (Fouhey et al.'s protocol, Table 2 of 1411.4734), in degrees, over all valid
+    pixels of the dataset: ``mean``, ``median``, ``rmse`` of the angle to the ground truth and the fraction
+    of pixels ``within_11_25`` / ``within_22_5`` / ``within_30`` degrees. A pixel is valid where the
+    ground-truth normal is finite and non-zero and ``mask`` allows. The median comes from a 0.01-degree
+    histogram (exact to 0.005 degrees; see ``_HistogramMedian``)."""
+
+    def __init__(self, *, bins_per_degree: int = 100, prefix: str | None = None):
+        members: dict[str, Metric] = {"mean": MeanMetric(), "median": _HistogramMedian(bins_per_degree),
+                                      "rmse": _RootMean()}
+        members.update({k: MeanMetric() for k in NORMAL_THRESHOLDS})
+        super().__init__(members, prefix=prefix, compute_groups=False)
+
+    def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:  # type: ignore[override]
+        """``pred`` and ``target``: (N, 3, H, W) normal maps; ``pred`` need not be unit length."""
+        self.update_members(dict(self.items(keep_base=True, copy_state=False)), pred, target, mask)
+
+    @staticmethod
+    def update_members(metrics: dict[str, Metric], pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
+        """Feed members keyed as ``NORMAL_KEYS``."""
+        valid = valid_normals_mask(target, mask) & torch.isfinite(pred).all(1)
+        angles = angular_error_degrees(torch.nan_to_num(pred), torch.nan_to_num(target))[valid]
+        if angles.numel() == 0:
+            return
+        metrics["mean"].update(angles)
+        metrics["median"].update(angles)
+        metrics["rmse"].update(angles ** 2)
+        for key, threshold in NORMAL_THRESHOLDS.items():
+            metrics[key].update((angles < threshold).float())
+
+
+class SemanticMetrics(MetricCollection):
+    """Semantic labelling (Table 3 of 1411.4734): ``pixel_acc`` (pixelwise accuracy), ``mean_acc`` (mean of
+    per-class accuracies), ``miou`` (flat mean Jaccard index) and ``fwiou`` (Jaccard index weighted by each
+    class's pixel frequency in the ground truth), all from dataset-wide counts by torchmetrics. Pixels
+    labelled ``ignore_index`` (255) or outside ``mask`` do not count; classes absent from both the ground
+    truth and the predictions are left out of the means."""
+
+    def __init__(self, num_classes: int, *, ignore_index: int = IGNORE_INDEX, prefix: str | None = None):
+        common = dict(num_classes=num_classes, ignore_index=ignore_index, validate_args=False)
+        super().__init__({
+            "pixel_acc": MulticlassAccuracy(average="micro", **common),
+            "mean_acc": MulticlassAccuracy(average="macro", **common),
+            "miou": MulticlassJaccardIndex(average="macro", **common),
+            "fwiou": MulticlassJaccardIndex(average="weighted", **common),
+        }, prefix=prefix, compute_groups=False)
+        self.ignore_index = ignore_index
+
+    def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:  # type: ignore[override]
+        """``pred``: (N, C, H, W) scores or (N, H, W) labels; ``target``: (N, H, W) labels."""
+        self.update_members(dict(self.items(keep_base=True, copy_state=False)), pred, target, mask,
+                            ignore_index=self.ignore_index)
+
+    @staticmethod
+    def update_members(members: dict[str, Metric], pred: Tensor, target: Tensor, mask: Tensor | None = None, *,
+                       ignore_index: int = IGNORE_INDEX) -> None:
+        """Feed members keyed as ``SEMANTIC_KEYS``."""
+        labels = pred.argmax(1) if pred.dim() == 4 else pred
+        target = target.long()
+        if mask is not None:
+            target = torch.where(mask.bool(), target, torch.full_like(target, ignore_index))
+        for metric in members.values():
+            metric.update(labels, target)

@@ -1,0 +1,215 @@
+"""Dense-prediction data: the per-sample folder format (``DenseDataModule``, with the embedded synthetic rooms)
+and the labeled NYU Depth v2 file (``NYUDepthV2DataModule``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from torch.utils.data import Dataset
+
+from densecnn.data import IMAGE_SUFFIXES, DataError, read_rgb
+from densecnn.data.dense import DenseAugment, DenseFolderDataset, DenseSample, read_class_names, sample_to_tensors
+from densecnn.data.synthetic import has_files
+from densecnn.data.synthetic.dense import write_dense_dataset
+from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+from .base import BaseDataModule
+
+
+class DenseImageList(Dataset):
+    """RGB images of a flat folder, for ``predict`` (no ground truth)."""
+
+    def __init__(self, folder: Path, transform: DenseAugment, mean, std):
+        self.paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise DataError(f"{folder}: no images to predict on")
+        self.transform, self.mean, self.std = transform, mean, std
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.transform(DenseSample(read_rgb(self.paths[index])))
+        out = sample_to_tensors(sample, self.mean, self.std)
+        out["name"], out["path"] = self.paths[index].stem, str(self.paths[index])
+        return out
+
+
+class DenseDataModule(BaseDataModule):
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        maps: list[Literal["depth", "normals", "semantic"]] | None = None,
+        num_classes: int | None = None,
+        image_size: tuple[int, int] = (240, 320),
+        crop_size: tuple[int, int] | None = None,
+        scale: tuple[float, float] = (1.0, 1.5),
+        rotation: float = 5.0,
+        flip_p: float = 0.5,
+        colour: tuple[float, float] = (0.8, 1.2),
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        eval_crop: bool = False,
+        normals_from_depth: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        synthetic: bool = False,
+        synthetic_size: tuple[int, int] = (72, 96),
+        synthetic_splits: dict[str, int] | None = None,
+        predict_root: str | None = None,
+        pin_memory: bool = False,
+    ):
+        """
+        Args:
+            root: folder with ``train/``, ``val/`` and optionally ``test/`` (falls back to val), each holding
+                ``rgb/`` and the map folders ``depth/``, ``normals/``, ``labels/`` (see ``densecnn.data.dense``).
+            maps: maps to load (default: every map folder of the training split). Normals missing on disk are
+                computed from depth when ``normals_from_depth`` (intrinsics from ``root/camera.json``, else NYU's).
+            num_classes: labels must lie below it (or be 255); checked per sample.
+            image_size: (height, width) every image and map is resized to first (maps by nearest neighbour).
+            crop_size: (height, width) of the random training crop (default ``image_size``); evaluation uses
+                the whole ``image_size`` frame, or its centre ``crop_size`` with ``eval_crop``.
+            scale, rotation, flip_p, colour, brightness, contrast: the joint augmentation (``DenseAugment``):
+                zoom by s in ``scale`` with depth divided by s, rotation in +-``rotation`` degrees, horizontal
+                flip negating normals' x, and colour on the image only.
+            synthetic: when ``root`` holds no images, first write the embedded synthetic rooms there
+                (``synthetic_size`` (height, width), ``synthetic_splits`` images per split).
+            predict_root: images to ``predict`` on (any folder of images); defaults to the test split.
+        """
+        super().__init__(root, batch_size, num_workers, pin_memory)
+        self.save_hyperparameters()
+        self.maps = list(maps) if maps is not None else None
+        self.num_classes = num_classes
+        self.mean, self.std = tuple(mean), tuple(std)
+        augment = dict(scale=scale, rotation=rotation, flip_p=flip_p, colour=colour, brightness=brightness,
+                       contrast=contrast)
+        self.train_transform = DenseAugment(image_size, crop_size, train=True, **augment)
+        self.eval_transform = DenseAugment(image_size, crop_size, train=False, eval_crop=eval_crop)
+        self.normals_from_depth = normals_from_depth
+        self.predict_root = Path(predict_root) if predict_root else None
+        self.class_names: list[str] | None = None
+
+    def prepare_data(self) -> None:
+        if self.hparams.synthetic and not has_files(self.root, (".png",)):
+            height, width = self.hparams.synthetic_size
+            write_dense_dataset(self.root, height=height, width=width, splits=self.hparams.synthetic_splits)
+
+    def make_dataset(self, split: str, train: bool) -> Dataset:
+        return DenseFolderDataset(self.root / split, self.maps, self.train_transform if train else self.eval_transform,
+                                  num_classes=self.num_classes, normals_from_depth=self.normals_from_depth,
+                                  mean=self.mean, std=self.std)
+
+    def _test_split(self) -> str:
+        return "test" if (self.root / "test").is_dir() else "val"
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.predict_root is not None:
+            if not self.predict_root.is_dir():
+                raise DataError(f"data.init_args.predict_root: {self.predict_root} does not exist")
+            self.predict_set = DenseImageList(self.predict_root, self.eval_transform, self.mean, self.std)
+            return
+        self.check_root(" (set data.init_args.synthetic: true to generate the embedded synthetic rooms there)")
+        self.class_names = read_class_names(self.root)
+        if self.maps is None:  # fix the maps once, from the training split, so every split yields the same keys
+            self.maps = list(self.make_dataset("train", False).maps)
+        if stage in ("fit", None):
+            self.train_set = self.make_dataset("train", True)
+        if stage in ("fit", "validate", None):
+            self.val_set = self.make_dataset("val", False)
+        if stage in ("test", None):
+            self.test_set = self.make_dataset(self._test_split(), False)
+        if stage == "predict":
+            self.predict_set = self.make_dataset(self._test_split(), False)
+
+    def train_dataloader(self):
+        return self.train_loader(self.train_set)
+
+    def val_dataloader(self):
+        return self.eval_loader(self.val_set)
+
+    def test_dataloader(self):
+        return self.eval_loader(self.test_set)
+
+    def predict_dataloader(self):
+        return self.eval_loader(self.predict_set)
+
+
+class NYUDepthV2DataModule(DenseDataModule):
+    """The labeled NYU Depth v2 file with the official 795/654 split (the test frames also serve as the
+    validation set: the labeled subset has no separate one)."""
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        mat_file: str = "nyu_depth_v2_labeled.mat",
+        splits_file: str = "splits.mat",
+        mapping_file: str | None = None,
+        classes: Literal["13", "40", "894"] = "40",
+        maps: list[Literal["depth", "normals", "semantic"]] | None = None,
+        depth_key: Literal["depths", "rawDepths"] = "depths",
+        image_size: tuple[int, int] = (240, 320),
+        crop_size: tuple[int, int] | None = (228, 304),
+        scale: tuple[float, float] = (1.0, 1.5),
+        rotation: float = 5.0,
+        flip_p: float = 0.5,
+        colour: tuple[float, float] = (0.8, 1.2),
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        eval_crop: bool = False,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        predict_root: str | None = None,
+        pin_memory: bool = False,
+    ):
+        """
+        Args:
+            root: folder holding ``mat_file``, ``splits_file`` and ``mapping_file`` (relative names are
+                looked up there; absolute paths are used as they are).
+            mapping_file: Gupta et al.'s ``classMapping40.mat`` (894 -> 40), needed for ``classes`` 13 and 40.
+            classes: ``13``, ``40`` or ``894`` label sets.
+            maps: targets to load (default depth, normals, semantic; normals come from least-squares plane
+                fits to the depth, as in Silberman et al.).
+            depth_key: ``depths`` (in-painted) or ``rawDepths`` (with holes, as the paper trains on).
+            image_size, crop_size, ...: as ``DenseDataModule`` (Eigen: 320x240 frames, 304x228 crops).
+        """
+        super().__init__(root, batch_size, num_workers, maps=maps or ["depth", "normals", "semantic"],
+                         num_classes=int(classes), image_size=image_size, crop_size=crop_size, scale=scale,
+                         rotation=rotation, flip_p=flip_p, colour=colour, brightness=brightness, contrast=contrast,
+                         eval_crop=eval_crop, mean=mean, std=std, predict_root=predict_root, pin_memory=pin_memory)
+        self.save_hyperparameters()
+
+    def _path(self, name: str | None) -> Path | None:
+        return None if name is None else (Path(name) if Path(name).is_absolute() else self.root / name)
+
+    def prepare_data(self) -> None:
+        """Nothing to download: the NYU files must already be in ``root``."""
+
+    def make_dataset(self, split: str, train: bool) -> Dataset:
+        from densecnn.data.nyu import NYUDepthV2Dataset
+
+        h = self.hparams
+        dataset = NYUDepthV2Dataset(self._path(h.mat_file), "train" if split == "train" else "test",
+                                    splits_file=self._path(h.splits_file), classes=h.classes,
+                                    mapping_file=self._path(h.mapping_file), maps=self.maps, depth_key=h.depth_key,
+                                    transform=self.train_transform if train else self.eval_transform,
+                                    mean=self.mean, std=self.std)
+        if dataset.class_names is not None:
+            self.class_names = list(dataset.class_names)
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.predict_root is not None:
+            return super().setup(stage)
+        self.check_root()
+        if stage in ("fit", None):
+            self.train_set = self.make_dataset("train", True)
+        if stage in ("fit", "validate", None):
+            self.val_set = self.make_dataset("test", False)
+        if stage in ("test", None):
+            self.test_set = self.make_dataset("test", False)
+        if stage == "predict":
+            self.predict_set = self.make_dataset("test", False)

@@ -1,0 +1,405 @@
+"""Dense prediction with Eigen & Fergus's common multi-scale network (arXiv 1411.4734): depth, surface normals
+and semantic labels, alone or together, on any registered backbone as scale 1.
+
+Loss (Sec. 4): ``sum_t loss_weights[t] * L_t`` with L_depth Eq. 6.1 (log depth, lambda = 1/2, gradient term),
+L_normals Eq. 6.2 and L_semantic Eq. 6.3, over valid pixels. The paper trains scales 1+2 first on the scale-2
+output and then scale 3; here the network trains end to end on the scale-3 output plus
+``scale2_loss_weight`` times the same loss on the scale-2 output, which keeps that first-stage signal.
+Predictions are resized (bilinearly) to the ground truth's size before the loss and the metrics.
+"""
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+
+from densecnn.data import DataError
+from densecnn.data.dense import write_depth_png, write_labels_png
+from densecnn.heads.dense import DENSE_TARGETS, MultiScaleDenseHead, finish_prediction
+from densecnn.losses import IGNORE_INDEX, depth_loss, normals_loss, semantic_loss, valid_depth_mask
+from densecnn.metrics import DepthMetrics, NormalMetrics, SemanticMetrics
+from densecnn.viz import save_png, to_uint8_images
+from densecnn.viz_dense import colourise_depth, default_palette, dense_panel, labels_to_rgb, normals_to_rgb, overlay
+
+from .base import STAGES, BaseTask
+
+#: the metric each target is monitored by (checkpointing, plateau schedule): name, mode
+MONITORS = {"depth": ("depth/rmse", "min"), "normals": ("normals/mean", "min"), "semantic": ("semantic/miou", "max")}
+
+
+class DensePredictionTask(BaseTask):
+    monitor = "val/depth/rmse"
+    monitor_mode = "min"
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        targets: list[str] = ["depth"],  # noqa: B006  (jsonargparse needs a plain default)
+        num_classes: int | None = None,
+        weights: str | None = None,
+        class_names: list[str] | None = None,
+        loss_weights: dict[str, float] | None = None,
+        depth_lambda: float = 0.5,
+        depth_gradient_weight: float = 1.0,
+        scale2_loss_weight: float = 0.5,
+        coarse_pool: tuple[int, int] = (6, 8),
+        coarse_hidden: int = 4096,
+        coarse_channels: int = 64,
+        coarse_size: tuple[int, int] = (14, 19),
+        coarse_dropout: float = 0.5,
+        scale2_image_channels: int = 96,
+        scale2_widths: list[int] = [64, 64, 64],  # noqa: B006
+        scale3_image_channels: int = 64,
+        scale3_widths: list[int] = [64, 64],  # noqa: B006
+        use_scale3: bool = True,
+        batch_norm: bool = False,
+        eval_min_depth: float = 1e-3,
+        eval_max_depth: float | None = None,
+        eigen_crop: bool = False,
+        silog_lambda: float = 1.0,
+        **kwargs: Any,
+    ):
+        """
+        Args:
+            backbone, weights: scale 1's convolutions (see ``BaseTask``); the paper uses ``alexnet``/``vgg16``.
+            targets: any of ``depth``, ``normals``, ``semantic`` (that needs ``num_classes``).
+            class_names: filled from the data (``classes.txt``) at fit time and kept in the checkpoint.
+            loss_weights: per-target weights of the summed loss (default 1 each).
+            depth_lambda, depth_gradient_weight: Eq. 6.1's lambda (1/2) and gradient-term weight (1).
+            scale2_loss_weight: weight of the same losses on the scale-2 prediction (0 = final output only).
+            coarse_pool, coarse_hidden, coarse_channels, coarse_size, coarse_dropout: scale 1's fully
+                connected layers (paper: 8x6 pool, 4096 units, 64 channels on a 19x14 grid, dropout 0.5).
+            scale2_image_channels, scale2_widths, scale3_image_channels, scale3_widths, use_scale3, batch_norm:
+                scales 2 and 3 (``densecnn.heads.MultiScaleDenseHead``).
+            eval_min_depth, eval_max_depth, eigen_crop, silog_lambda: the depth evaluation protocol
+                (``densecnn.metrics.DepthMetrics``; NYU: max 10 m and the Eigen crop).
+        """
+        targets = list(targets)
+        for target in targets:
+            if target not in DENSE_TARGETS:
+                raise ValueError(f"model.init_args.targets: unknown target {target!r}; targets: "
+                                 f"{', '.join(DENSE_TARGETS)}")
+        if not targets or len(set(targets)) != len(targets):
+            raise ValueError(f"model.init_args.targets must name each target once, got {targets}")
+        if "semantic" in targets and (num_classes is None or num_classes < 2):
+            raise ValueError("model.init_args.num_classes (>= 2) is needed for the semantic target")
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+            raise ValueError(f"model.init_args.class_names has {len(class_names)} names for num_classes={num_classes}")
+        unknown = set(loss_weights or {}) - set(targets)
+        if unknown:
+            raise ValueError(f"model.init_args.loss_weights: {sorted(unknown)} are not among the targets {targets}")
+        super().__init__(backbone=backbone, weights=weights, **kwargs)
+        monitor, self.monitor_mode = MONITORS[targets[0]]
+        self.monitor = f"val/{monitor}"
+        self._empty_depth: dict[str, list[str]] = {stage: [] for stage in STAGES}
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.hparams.targets)
+
+    # ---- model, losses, metrics ------------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        h = self.hparams
+        self.backbone = self.build_backbone(num_classes=0)
+        in_chans = (h.backbone_kwargs or {}).get("in_chans", 3)
+        self.head = MultiScaleDenseHead(
+            self.backbone.feature_info[-1].num_chs, h.targets, h.num_classes, in_chans=in_chans,
+            coarse_pool=tuple(h.coarse_pool), coarse_hidden=h.coarse_hidden, coarse_channels=h.coarse_channels,
+            coarse_size=tuple(h.coarse_size), coarse_dropout=h.coarse_dropout,
+            scale2_image_channels=h.scale2_image_channels, scale2_widths=h.scale2_widths,
+            scale3_image_channels=h.scale3_image_channels, scale3_widths=h.scale3_widths, scale3=h.use_scale3,
+            batch_norm=h.batch_norm)
+
+    def head_modules(self) -> list[torch.nn.Module]:
+        return [self.head]
+
+    def loss_weight(self, target: str) -> float:
+        return float((self.hparams.loss_weights or {}).get(target, 1.0))
+
+    def make_metrics(self) -> MetricCollection:
+        h = self.hparams
+        parts = []
+        if "depth" in h.targets:
+            parts.append(DepthMetrics(prefix="depth/"))
+        if "normals" in h.targets:
+            parts.append(NormalMetrics(prefix="normals/"))
+        if "semantic" in h.targets:
+            parts.append(SemanticMetrics(h.num_classes, prefix="semantic/"))
+        return MetricCollection(parts, compute_groups=False)
+
+    def _depth_options(self) -> dict[str, Any]:
+        h = self.hparams
+        return dict(min_depth=h.eval_min_depth, max_depth=h.eval_max_depth, eigen_crop=h.eigen_crop,
+                    silog_lambda=h.silog_lambda)
+
+    @property
+    def class_names(self) -> list[str]:
+        n = self.hparams.num_classes or 0
+        return list(self.hparams.class_names or [str(i) for i in range(n)])
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None)
+        if not names or "semantic" not in self.targets:
+            return
+        if len(names) != self.hparams.num_classes:
+            raise DataError(f"model.init_args.num_classes is {self.hparams.num_classes} but the data at "
+                            f"{getattr(datamodule, 'root', '?')} names {len(names)} classes: {list(names)}")
+        self.hparams.class_names = list(names)
+
+    # ---- forward passes ----------------------------------------------------------------------------------------
+    def forward_scales(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Raw per-scale outputs: log depth, unit normals, class scores, at 1/4 and 1/2 resolution."""
+        return self.head.forward_scales(images, self.backbone.forward_features(images)[-1])
+
+    @staticmethod
+    def resize_output(target: str, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        return finish_prediction(target, x)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predictions at the input's size: ``depth`` (N, H, W) metres, ``normals`` (N, 3, H, W) unit vectors,
+        ``semantic`` (N, C, H, W) class scores."""
+        final = self.forward_scales(images)[-1]
+        out = {t: self.resize_output(t, final[t], images.shape[-2:]) for t in self.targets}
+        if "depth" in out:
+            out["depth"] = out["depth"][:, 0].exp()
+        return out
+
+    # ---- training step -----------------------------------------------------------------------------------------
+    def _check_batch(self, batch: dict) -> None:
+        names = batch.get("name", [])
+        for target in self.targets:
+            if target not in batch:
+                raise DataError(f"the batch has no {target!r} ground truth (keys: {sorted(batch)}); the data must "
+                                f"provide a map for every target in model.init_args.targets")
+        if "semantic" in self.targets:
+            labels = batch["semantic"]
+            bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.hparams.num_classes))
+            if bool(bad.any()):
+                which = [names[i] if i < len(names) else str(i) for i in bad.flatten(1).any(1).nonzero().flatten().tolist()]
+                raise DataError(f"labels outside 0..{self.hparams.num_classes - 1} (255 = ignore) in sample(s) "
+                                f"{', '.join(which[:10])}: values {labels[bad].unique()[:10].tolist()}")
+
+    def target_loss(self, target: str, prediction: torch.Tensor, batch: dict) -> torch.Tensor:
+        h = self.hparams
+        if target == "depth":
+            return depth_loss(prediction, batch["depth"], lam=h.depth_lambda, gradient_weight=h.depth_gradient_weight)
+        if target == "normals":
+            return normals_loss(prediction, batch["normals"])
+        return semantic_loss(prediction, batch["semantic"])
+
+    def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self._check_batch(batch)
+        images = batch["image"]
+        scales = self.forward_scales(images)
+        if "depth" in self.targets:
+            empty = valid_depth_mask(batch["depth"]).flatten(1).sum(1) == 0
+            if bool(empty.any()):
+                names = batch.get("name") or [str(i) for i in range(len(empty))]
+                self._empty_depth[stage].extend(names[i] for i in empty.nonzero().flatten().tolist())
+        total = images.new_zeros(())
+        outputs = {}
+        for target in self.targets:
+            size = batch[target].shape[-2:]
+            final = self.resize_output(target, scales[-1][target], size)
+            loss = self.target_loss(target, final, batch)
+            if len(scales) > 1 and self.hparams.scale2_loss_weight:
+                coarse = self.resize_output(target, scales[0][target], size)
+                loss = loss + self.hparams.scale2_loss_weight * self.target_loss(target, coarse, batch)
+            self.log(f"{stage}/loss_{target}", loss, on_step=False, on_epoch=True, sync_dist=stage != "train",
+                     batch_size=len(images))
+            total = total + self.loss_weight(target) * loss
+            outputs[target] = final.detach()
+        return total, outputs
+
+    def update_metrics(self, stage: str, outputs: dict[str, torch.Tensor], batch: dict) -> None:
+        members: dict[str, dict] = {}
+        for key, metric in self.metrics_for(stage).items(keep_base=True, copy_state=False):
+            target, name = key.split("/", 1)
+            members.setdefault(target, {})[name] = metric
+        if "depth" in outputs:
+            DepthMetrics.update_members(members["depth"], outputs["depth"][:, 0].exp(), batch["depth"],
+                                        **self._depth_options())
+        if "normals" in outputs:
+            NormalMetrics.update_members(members["normals"], outputs["normals"], batch["normals"])
+        if "semantic" in outputs:
+            SemanticMetrics.update_members(members["semantic"], outputs["semantic"], batch["semantic"])
+
+    def _report_empty_depth(self, stage: str) -> None:
+        names = self._empty_depth[stage]
+        self._empty_depth[stage] = []
+        if "depth" not in self.targets or self.trainer.sanity_checking:
+            return
+        self.log(f"{stage}/empty_depth_samples", float(len(names)), on_epoch=True, reduce_fx="sum", sync_dist=True)
+        if names:
+            warnings.warn(f"{stage}: {len(names)} sample(s) without any valid depth pixel contributed nothing to the "
+                          f"depth loss and metrics: {', '.join(sorted(set(names))[:20])}"
+                          + (" ..." if len(set(names)) > 20 else ""), stacklevel=2)
+
+    def on_train_epoch_end(self) -> None:
+        self._report_empty_depth("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._report_empty_depth("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report_empty_depth("test")
+
+    # ---- pictures ----------------------------------------------------------------------------------------------
+    def palette(self) -> np.ndarray:
+        return default_palette(max(self.hparams.num_classes or 1, 1))
+
+    def _as_maps(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Network outputs -> displayable maps: depth in metres, unit normals, label ids."""
+        maps = {}
+        for target, value in outputs.items():
+            if target == "depth":
+                maps[target] = value[:, 0].exp() if value.dim() == 4 else value
+            elif target == "semantic":
+                maps[target] = value.argmax(1) if value.dim() == 4 else value
+            else:
+                maps[target] = value
+        return {k: v.detach().float().cpu() if k != "semantic" else v.detach().cpu() for k, v in maps.items()}
+
+    def log_examples(self, stage: str, batch: dict, outputs: dict[str, torch.Tensor]) -> None:
+        n = min(self.hparams.num_log_images, len(batch["image"]), 8)
+        images = to_uint8_images(batch["image"][:n].cpu(), *_normalisation(self))
+        maps = self._as_maps({k: v[:n] for k, v in outputs.items()})
+        truth = {t: batch[t][:n].cpu() for t in self.targets if t in batch}
+        self.log_picture(f"{stage}/examples", dense_panel(images, maps, truth, self.palette()))
+
+    # ---- predict -----------------------------------------------------------------------------------------------
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        out = self(batch["image"])
+        if "semantic" in out:
+            out["semantic"] = out["semantic"].argmax(1)
+        return out
+
+    def predict_image(self, image: np.ndarray | torch.Tensor, mean: Sequence[float] | None = None,
+                      std: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+        """Predict one HxWx3 uint8 image (normalised with ``mean``/``std``, ImageNet's by default) or a normalised
+        CHW tensor; returns numpy maps (depth metres, normals (H, W, 3), semantic ids). For notebooks."""
+        from densecnn.data.dense import DenseSample, sample_to_tensors
+        from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        if isinstance(image, np.ndarray):
+            image = sample_to_tensors(DenseSample(image), mean or IMAGENET_MEAN, std or IMAGENET_STD)["image"]
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            out = self.predict_step({"image": image.unsqueeze(0).to(self.device)}, 0)
+        self.train(was_training)
+        result = {k: v[0].cpu().numpy() for k, v in out.items()}
+        if "normals" in result:
+            result["normals"] = result["normals"].transpose(1, 2, 0)
+        return result
+
+    def prediction_records(self, prediction: dict, batch: dict, out_dir: Path, batch_idx: int) -> list[dict]:
+        """Per sample: ``depth/<name>.png`` (uint16 mm) and ``depth_colour/``, ``normals/<name>.png`` (RGB),
+        ``labels/<name>.png`` (indexed, with palette) and ``overlay/``."""
+        images = to_uint8_images(batch["image"].cpu(), *_normalisation(self))
+        palette = self.palette()
+        records = []
+        for i, name in enumerate(batch["name"]):
+            record = {"name": name, "source": batch["path"][i]}
+            if "depth" in prediction:
+                depth = prediction["depth"][i].float().cpu().numpy()
+                record["depth"] = self._save(out_dir, "depth", name, lambda p: write_depth_png(depth, p))
+                record["depth_colour"] = self._save(out_dir, "depth_colour", name,
+                                                    lambda p: save_png(colourise_depth(depth), p))
+            if "normals" in prediction:
+                rgb = normals_to_rgb(prediction["normals"][i])
+                record["normals"] = self._save(out_dir, "normals", name, lambda p: save_png(rgb, p))
+            if "semantic" in prediction:
+                labels = prediction["semantic"][i].cpu().numpy()
+                record["labels"] = self._save(out_dir, "labels", name, lambda p: write_labels_png(labels, p, palette))
+                blend = overlay(images[i], labels_to_rgb(labels, palette))
+                record["overlay"] = self._save(out_dir, "overlay", name, lambda p: save_png(blend, p))
+            records.append(record)
+        return records
+
+    @staticmethod
+    def _save(out_dir: Path, folder: str, name: str, write) -> str:
+        path = out_dir / folder / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+        return str(path.relative_to(out_dir))
+
+    def save_predictions(self, records: Sequence[dict], out_dir: Path) -> Path:
+        path = out_dir / "predictions.csv"
+        columns = ["name", "source"] + [c for c in ("depth", "depth_colour", "normals", "labels", "overlay")
+                                        if any(c in r for r in records)]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for record in sorted(records, key=lambda r: r["name"]):
+                writer.writerow({c: record.get(c, "") for c in columns})
+        if "semantic" in self.targets:
+            (out_dir / "classes.txt").write_text("\n".join(self.class_names) + "\n")
+        return path
+
+
+def _normalisation(task: BaseTask) -> tuple[Sequence[float], Sequence[float]]:
+    from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    datamodule = getattr(task.trainer, "datamodule", None) if task._trainer is not None else None
+    return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)
+
+
+# ---- trivial baselines -------------------------------------------------------------------------------------------
+def trivial_baselines(train_set, eval_set, targets: Sequence[str], num_classes: int | None = None,
+                      batch_size: int = 32) -> dict[str, float]:
+    """Metrics of the constant predictions a model must beat, fitted on ``train_set`` and scored on ``eval_set``
+    with the task's metrics: depth = the training mean depth (valid pixels), normals = the most common training
+    normal (the mean of the most populated cell of a 0.2-wide grid over unit vectors), semantic = the majority
+    training class."""
+    from torch.utils.data import DataLoader
+
+    sums = {"depth": 0.0, "depth_n": 0, "counts": None, "normals": []}
+    for batch in DataLoader(train_set, batch_size=batch_size):
+        if "depth" in targets:
+            valid = valid_depth_mask(batch["depth"])
+            sums["depth"] += float(batch["depth"][valid].double().sum())
+            sums["depth_n"] += int(valid.sum())
+        if "normals" in targets:
+            n = batch["normals"].permute(0, 2, 3, 1).reshape(-1, 3)
+            sums["normals"].append(n[n.norm(dim=1) > 0.5])
+        if "semantic" in targets:
+            labels = batch["semantic"][batch["semantic"] != IGNORE_INDEX]
+            counts = torch.bincount(labels.flatten(), minlength=num_classes)
+            sums["counts"] = counts if sums["counts"] is None else sums["counts"] + counts
+    constant: dict[str, torch.Tensor] = {}
+    if "depth" in targets:
+        constant["depth"] = torch.tensor(sums["depth"] / max(sums["depth_n"], 1))
+    if "normals" in targets:
+        normals = torch.cat(sums["normals"])
+        cells, inverse = torch.unique(torch.round(normals / 0.2).long(), dim=0, return_inverse=True)
+        mode = torch.bincount(inverse).argmax()
+        constant["normals"] = F.normalize(normals[inverse == mode].mean(0), dim=0)
+    if "semantic" in targets:
+        constant["semantic"] = sums["counts"].argmax()
+    metrics = {}
+    if "depth" in targets:
+        metrics["depth"] = DepthMetrics()
+    if "normals" in targets:
+        metrics["normals"] = NormalMetrics()
+    if "semantic" in targets:
+        metrics["semantic"] = SemanticMetrics(num_classes)
+    for batch in DataLoader(eval_set, batch_size=batch_size):
+        if "depth" in targets:
+            metrics["depth"].update(torch.full_like(batch["depth"], float(constant["depth"])), batch["depth"])
+        if "normals" in targets:
+            pred = constant["normals"].view(1, 3, 1, 1).expand_as(batch["normals"])
+            metrics["normals"].update(pred, batch["normals"])
+        if "semantic" in targets:
+            metrics["semantic"].update(torch.full_like(batch["semantic"], int(constant["semantic"])), batch["semantic"])
+    return {f"{target}/{key}": float(value) for target, metric in metrics.items()
+            for key, value in metric.compute().items()}
