@@ -102,7 +102,8 @@ def load_weights(model: nn.Module, source: str | os.PathLike, *, strict: bool = 
     """Load ``source`` into ``model`` (see the module docstring for what ``source`` may be).
 
     The classifier's weights are dropped, with a message, when their shape differs (weights trained for
-    another number of classes): that is the ordinary fine-tuning case. Any other shape mismatch is an error,
+    another number of classes): that is the ordinary fine-tuning case; a model built with ``num_classes=0``
+    (a feature extractor) ignores them. Any other shape mismatch is an error,
     and so are missing or unexpected keys unless ``strict=False``, where they are reported by name.
     """
     state = read_state_dict(source)
@@ -111,6 +112,9 @@ def load_weights(model: nn.Module, source: str | os.PathLike, *, strict: bool = 
         state = adapt(state)
     own = model.state_dict()
     classifier = getattr(model, "classifier_name", None)
+    if classifier and getattr(model, "num_classes", None) == 0:
+        # built as a feature extractor (num_classes=0): the file's classifier has nowhere to go
+        state = {k: v for k, v in state.items() if not (k.startswith(classifier + ".") and k not in own)}
     dropped, mismatched = [], []
     for key in list(state):
         if key in own and own[key].shape != state[key].shape:

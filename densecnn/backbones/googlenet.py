@@ -29,6 +29,7 @@ Registered variants:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -168,6 +169,21 @@ class GoogLeNet(Backbone):
             for m in self.modules():
                 if isinstance(m, nn.Linear):
                     nn.init.zeros_(m.bias)
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Called by ``densecnn.load_weights``: the auxiliary classifiers are classifiers too. Without them
+        (``aux_logits=False`` or ``num_classes=0``) their weights are ignored, as torchvision does; with them,
+        their last layer is dropped with a message when it was trained for another number of classes."""
+        if self.aux1 is None:
+            return {k: v for k, v in state_dict.items() if not k.startswith(("aux1.", "aux2."))}
+        own = self.state_dict()
+        dropped = [k for k, v in state_dict.items()
+                   if k.startswith(("aux1.fc2.", "aux2.fc2.")) and k in own and own[k].shape != v.shape]
+        if dropped:
+            warnings.warn(f"auxiliary classifier weights {', '.join(dropped)} were trained for another number "
+                          f"of classes; they keep their fresh initialisation.", stacklevel=3)
+        # keeping our own tensors for them loads everything else strictly
+        return {k: (own[k] if k in dropped else v) for k, v in state_dict.items()}
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
         if not self.transform_input:

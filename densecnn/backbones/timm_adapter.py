@@ -29,7 +29,7 @@ class TimmBackbone(Backbone):
                                           in_chans=in_chans, **kwargs)
         except RuntimeError as err:  # timm: "Unknown model (...)"
             raise ValueError(f"timm:{model_name}: {err}") from err
-        self.model_name = model_name
+        self.model_name, self.in_chans = model_name, in_chans
         self.num_classes = num_classes
         self.feature_info = [FeatureInfo(d["num_chs"], d["reduction"], d["module"])
                              for d in self.body.feature_info.get_dicts()]
@@ -44,16 +44,27 @@ class TimmBackbone(Backbone):
         return self.head(torch.flatten(self.pool(x), 1))
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Map a plain timm checkpoint (keys as in ``timm.create_model(name)``) onto ``body.*``; timm's own
-        classifier is left out (ours is ``head``)."""
+        """Map a plain timm checkpoint (keys as in ``timm.create_model(name)``) onto ``body.*``, and timm's
+        classifier onto ``head``. Other layers ``features_only`` leaves out (heads such as EfficientNet's
+        ``conv_head``) are dropped; any other key stays, so a checkpoint of another architecture is still
+        reported by name."""
         own = self.state_dict()
         if all(key in own for key in state_dict):
             return state_dict
-        timm_classifier = (getattr(self.body, "pretrained_cfg", None) or {}).get("classifier")
+        import timm
+
+        with torch.device("meta"):  # the full model's key names, without allocating it
+            full_model = timm.create_model(self.model_name, in_chans=self.in_chans)
+        full = set(full_model.state_dict())
+        classifier = (getattr(full_model, "pretrained_cfg", None) or {}).get("classifier")
         mapped = {}
         for key, value in state_dict.items():
             if f"body.{key}" in own:
                 mapped[f"body.{key}"] = value
-            elif not (timm_classifier and key.startswith(f"{timm_classifier}.")):
+            elif isinstance(classifier, str) and key.startswith(classifier + ".") and key in full:
+                # timm's linear classifier on the pooled last map is our head; where its input width differs
+                # (a pruned conv_head) or the class count does, load_weights drops it with a message
+                mapped["head." + key[len(classifier) + 1:]] = value
+            elif key in own or key not in full:
                 mapped[key] = value
         return mapped

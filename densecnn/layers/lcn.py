@@ -41,17 +41,18 @@ class LocalContrastNorm(nn.Module):
 
     def __init__(self, channels: int, size: int = 9, sigma: float | None = None, eps: float = 1e-4):
         super().__init__()
-        self.channels, self.size, self.eps = channels, size, eps
-        # w_ipq = g_pq / channels sums to 1 over (i, p, q); sum_ipq w_ipq x_i = g conv (mean over i of x_i),
-        # so one 2D Gaussian over the channel mean does it
-        self.register_buffer("weight", gaussian_window(size, sigma).view(1, 1, size, size), persistent=False)
+        gaussian_window(size, sigma)  # validates size now rather than at the first forward
+        self.channels, self.size, self.sigma, self.eps = channels, size, sigma, eps
 
     def _local_mean(self, x: torch.Tensor) -> torch.Tensor:
+        # w_ipq = g_pq / channels sums to 1 over (i, p, q); sum_ipq w_ipq x_i = g conv (mean over i of x_i),
+        # so one 2D Gaussian over the channel mean does it (built here: 81 numbers, no buffer to keep)
+        weight = gaussian_window(self.size, self.sigma).to(x).view(1, 1, self.size, self.size)
         pad = self.size // 2
-        total = F.conv2d(x.mean(dim=1, keepdim=True), self.weight, padding=pad)
+        total = F.conv2d(x.mean(dim=1, keepdim=True), weight, padding=pad)
         # the weight that fell inside the image at each position (1 away from the borders)
         ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
-        coverage = F.conv2d(ones, self.weight, padding=pad)
+        coverage = F.conv2d(ones, weight, padding=pad)
         return total / coverage  # (N, 1, H, W): shared by every feature map at that site
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
