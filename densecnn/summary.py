@@ -70,6 +70,13 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     return size
 
 
+def _input_size_arg(text: str) -> tuple[int, ...]:
+    try:
+        return parse_input_size(text)
+    except ValueError as err:  # argparse shows an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _first_shape(output) -> tuple[int, ...]:
     if isinstance(output, torch.Tensor):
         return tuple(output.shape)
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m densecnn summary",
                                      description="Per-layer output shapes, parameters and multiply-adds of a backbone.")
     parser.add_argument("backbone", nargs="?", help="a registered name (densecnn.list_backbones()) or timm:<name>")
-    parser.add_argument("--input-size", type=parse_input_size, default=None,
+    parser.add_argument("--input-size", type=_input_size_arg, default=None,
                         help="CxHxW (or CxTxHxW for video); default: the paper's input size")
     parser.add_argument("--num-classes", type=int, default=None, help="classifier width (default: the paper's)")
     parser.add_argument("--table", action="store_true", help="print the Markdown table of all registered backbones")

@@ -21,9 +21,11 @@ its own GPU. Registered variants:
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..layers.init import init_gaussian
+from ..weights import WeightsError
 from .registry import register_backbone
 from .sequential import SequentialBackbone, fc_head, flat_pool
 
@@ -65,6 +67,14 @@ class AlexNet(SequentialBackbone):
                          classifier_name="classifier.6")
         self.groups = groups
         self._init_weights()
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Called by ``densecnn.load_weights``: point torchvision's weights at the variant they fit."""
+        conv1 = state_dict.get("features.0.weight")
+        if conv1 is not None and conv1.shape[0] == 64:
+            raise WeightsError("these are torchvision's AlexNet weights (64 conv1 filters, no LRN): build "
+                               "'alexnet_torchvision' to load them; 'alexnet' is the paper's two-tower network")
+        return state_dict
 
     def _init_weights(self) -> None:
         # Section 5: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FC layers ("provides

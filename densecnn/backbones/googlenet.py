@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.init import init_xavier
+from ..weights import WeightsError
 from .alexnet import paper_lrn
 from .base import Backbone, FeatureInfo, linear_or_identity
 from .registry import register_backbone
@@ -123,7 +124,7 @@ class GoogLeNet(Backbone):
         if transform_input and (not tv or in_chans != 3):
             raise ValueError("transform_input is torchvision's RGB re-normalisation: googlenet_torchvision only")
         conv: ConvBlock = (lambda *a, **k: BasicConv2d(*a, bn=True, **k)) if tv else BasicConv2d
-        self.num_classes, self.transform_input = num_classes, transform_input
+        self.num_classes, self.transform_input, self.torchvision_layout = num_classes, transform_input, tv
         self.aux_logits = aux_logits and num_classes > 0
         # Caffe rounds pooled sizes up (112 -> 56 -> 28 -> 14 -> 7): ceil_mode.
         self.conv1 = conv(in_chans, 64, 7, stride=2, padding=3)
@@ -174,6 +175,9 @@ class GoogLeNet(Backbone):
         """Called by ``densecnn.load_weights``: the auxiliary classifiers are classifiers too. Without them
         (``aux_logits=False`` or ``num_classes=0``) their weights are ignored, as torchvision does; with them,
         their last layer is dropped with a message when it was trained for another number of classes."""
+        if not self.torchvision_layout and "conv1.bn.weight" in state_dict:
+            raise WeightsError("these are torchvision's GoogLeNet weights (batch-norm convolutions): build "
+                               "'googlenet_torchvision' to load them; 'googlenet' is the paper's network")
         if self.aux1 is None:
             return {k: v for k, v in state_dict.items() if not k.startswith(("aux1.", "aux2."))}
         own = self.state_dict()

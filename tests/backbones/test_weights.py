@@ -79,6 +79,16 @@ def test_another_class_count_drops_the_classifier_with_a_message(resnet18_file):
                                    torch.nn.Sequential(*list(reference.children())[:-2])(x))
 
 
+def test_torchvision_weights_into_the_paper_variants_point_at_the_right_name(tmp_path):
+    # the telling keys of torchvision's files: AlexNet's 64-filter conv1, GoogLeNet's batch-norm convs
+    for ours, state in (("alexnet", {"features.0.weight": torch.zeros(64, 3, 11, 11)}),
+                        ("googlenet", {"conv1.conv.weight": torch.zeros(64, 3, 7, 7), "conv1.bn.weight": torch.ones(64)})):
+        path = tmp_path / f"{ours}.pth"
+        torch.save(state, path)
+        with pytest.raises(WeightsError, match=f"build '{ours}_torchvision'"):
+            create_backbone(ours, weights=path)
+
+
 def test_feature_extractor_ignores_the_files_classifier(resnet18_file):
     path, _ = resnet18_file
     with warnings.catch_warnings():
