@@ -9,3 +9,7 @@ __all__ = ["BaseDataModule", "BaseTask", "CheckpointError", "ClassificationTask"
 from .dense import DensePredictionTask  # noqa: E402
 from .datamodules.dense import DenseDataModule, NYUDepthV2DataModule  # noqa: E402
 __all__ += ["DenseDataModule", "DensePredictionTask", "NYUDepthV2DataModule"]
+from .detection import DetectionTask, FastRCNNTask, FasterRCNNTask, OverFeatTask, RCNNTask  # noqa: E402
+from .datamodules.detection import CocoDetectionDataModule, VOCDetectionDataModule  # noqa: E402
+__all__ += ["CocoDetectionDataModule", "DetectionTask", "FastRCNNTask", "FasterRCNNTask", "OverFeatTask", "RCNNTask",
+            "VOCDetectionDataModule"]

@@ -1,0 +1,113 @@
+"""Box regression targets, proposal sampling and per-class NMS shared by the R-CNN family and OverFeat.
+
+Box regression (R-CNN appendix C; Fast R-CNN Eq. 2): a proposal P (centre Px, Py, size Pw, Ph) is moved to
+G by ``t = (wx (Gx - Px) / Pw, wy (Gy - Py) / Ph, ww log(Gw / Pw), wh log(Gh / Ph))``. The weights
+(10, 10, 5, 5) are Fast R-CNN's target normalisation (std 0.1, 0.1, 0.2, 0.2), as torchvision uses.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+
+BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+_CLAMP = math.log(1000.0 / 16)  # keeps exp() finite for wild predictions (as torchvision does)
+
+
+def _centres(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+
+def encode_boxes(gt: torch.Tensor, proposals: torch.Tensor, weights=BOX_WEIGHTS) -> torch.Tensor:
+    """Regression targets ``t`` taking each proposal to its ground-truth box (both ``(N, 4)`` xyxy)."""
+    px, py, pw, ph = _centres(proposals)
+    gx, gy, gw, gh = _centres(gt)
+    wx, wy, ww, wh = weights
+    return torch.stack([wx * (gx - px) / pw, wy * (gy - py) / ph, ww * torch.log(gw / pw),
+                        wh * torch.log(gh / ph)], dim=-1)
+
+
+def decode_boxes(deltas: torch.Tensor, proposals: torch.Tensor, weights=BOX_WEIGHTS) -> torch.Tensor:
+    """Apply ``(N, C * 4)`` deltas to ``(N, 4)`` proposals: ``(N, C, 4)`` boxes (one per class)."""
+    deltas = deltas.reshape(len(deltas), -1, 4)
+    px, py, pw, ph = (v[:, None] for v in _centres(proposals))
+    wx, wy, ww, wh = weights
+    cx = deltas[..., 0] / wx * pw + px
+    cy = deltas[..., 1] / wy * ph + py
+    w = torch.exp((deltas[..., 2] / ww).clamp(max=_CLAMP)) * pw
+    h = torch.exp((deltas[..., 3] / wh).clamp(max=_CLAMP)) * ph
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def sample_rois(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, *,
+                batch_size: int = 128, fg_fraction: float = 0.25, fg_iou: float = 0.5,
+                bg_iou: tuple[float, float] = (0.1, 0.5), add_gt: bool = True,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fast R-CNN's mini-batch sampling for one image (Section 2.3): up to ``fg_fraction`` of ``batch_size``
+    RoIs from proposals with IoU >= ``fg_iou`` to a ground-truth box (labelled with its class), the rest
+    background (label 0) from IoU in ``[bg_iou[0], bg_iou[1])``. Ground-truth boxes join the proposals
+    (``add_gt``), so an image always has positives when it has objects.
+
+    Returns ``(rois (B, 4), labels (B,), regression targets (B, 4))``; targets of background RoIs are 0.
+    """
+    if add_gt and len(gt_boxes):
+        proposals = torch.cat([proposals, gt_boxes.to(proposals)])
+    if len(gt_boxes):
+        iou = box_iou(proposals, gt_boxes.to(proposals))
+        best_iou, best = iou.max(dim=1)
+    else:
+        best_iou = proposals.new_zeros(len(proposals))
+        best = torch.zeros(len(proposals), dtype=torch.long, device=proposals.device)
+    fg = torch.where(best_iou >= fg_iou)[0]
+    bg = torch.where((best_iou >= bg_iou[0]) & (best_iou < bg_iou[1]))[0]
+    if len(bg) == 0 and len(fg) == 0:  # nothing in the background band: fall back to any non-object RoI
+        bg = torch.where(best_iou < fg_iou)[0]
+    num_fg = min(int(round(batch_size * fg_fraction)), len(fg))
+    fg = fg[torch.randperm(len(fg), generator=generator, device="cpu")[:num_fg].to(fg.device)]
+    num_bg = min(batch_size - num_fg, len(bg))
+    bg = bg[torch.randperm(len(bg), generator=generator, device="cpu")[:num_bg].to(bg.device)]
+    keep = torch.cat([fg, bg])
+    rois = proposals[keep]
+    labels = torch.zeros(len(keep), dtype=torch.long, device=proposals.device)
+    targets = torch.zeros((len(keep), 4), dtype=proposals.dtype, device=proposals.device)
+    if num_fg:
+        labels[:num_fg] = gt_labels.to(labels.device)[best[fg]]
+        targets[:num_fg] = encode_boxes(gt_boxes.to(proposals)[best[fg]], rois[:num_fg])
+    return rois, labels, targets
+
+
+def detection_loss(class_logits: torch.Tensor, box_regression: torch.Tensor, labels: torch.Tensor,
+                   targets: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast R-CNN's multi-task loss (Eq. 1): softmax log loss over K + 1 classes plus the smooth-L1 loss of
+    the true class's box deltas on foreground RoIs ([u >= 1]), averaged over all RoIs (lambda = 1)."""
+    cls_loss = F.cross_entropy(class_logits, labels)
+    fg = torch.where(labels > 0)[0]
+    deltas = box_regression.reshape(len(box_regression), -1, 4)[fg, labels[fg]]
+    box_loss = F.smooth_l1_loss(deltas, targets[fg], beta=beta, reduction="sum") / max(1, labels.numel())
+    return cls_loss, box_loss
+
+
+def postprocess_detections(scores: torch.Tensor, box_regression: torch.Tensor | None, boxes: torch.Tensor,
+                           image_size: tuple[int, int], *, score_thresh: float = 0.05, nms_thresh: float = 0.5,
+                           detections_per_img: int = 100, min_size: float = 1.0) -> dict[str, torch.Tensor]:
+    """Per-class detections for one image: ``scores`` ``(N, K + 1)`` (column 0 background), class-specific
+    deltas ``(N, (K + 1) * 4)`` applied to ``boxes`` (or the boxes as they are when ``None``), clipped to the
+    image, thresholded, then non-maximum suppression per class (``batched_nms``) and the top
+    ``detections_per_img``. Returns ``{"boxes", "scores", "labels"}`` with labels in 1..K."""
+    num_classes = scores.shape[1]
+    if box_regression is not None:
+        per_class = decode_boxes(box_regression, boxes)
+    else:
+        per_class = boxes[:, None, :].expand(-1, num_classes, 4)
+    per_class = clip_boxes_to_image(per_class.reshape(-1, 4), image_size).reshape(-1, num_classes, 4)
+    labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
+    per_class, scores, labels = per_class[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+    keep = torch.where(scores > score_thresh)[0]
+    per_class, scores, labels = per_class[keep], scores[keep], labels[keep]
+    keep = remove_small_boxes(per_class, min_size)
+    per_class, scores, labels = per_class[keep], scores[keep], labels[keep]
+    keep = batched_nms(per_class, scores, labels, nms_thresh)[:detections_per_img]
+    return {"boxes": per_class[keep], "scores": scores[keep], "labels": labels[keep]}

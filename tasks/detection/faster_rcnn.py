@@ -1,0 +1,160 @@
+"""Faster R-CNN (Ren et al. 2015) on our backbones, as the ResNet paper's detection appendix uses it
+(S1 L646-762): torchvision's ``FasterRCNN`` with its ``AnchorGenerator``, ``RPNHead`` and
+``MultiScaleRoIAlign``, fed by ``forward_features``.
+
+Three layouts:
+  * ``box_head: last_stage`` (default, the ResNet paper's): the RPN and RoI pooling work on the
+    second-to-last feature map (conv4_x, stride 16); the backbone's last stage (conv5_x) runs on each
+    14 x 14 pooled RoI, then global average pooling and the sibling classifier/regressor.
+  * ``box_head: mlp``: one feature map (``feature_index``, the last by default), 7 x 7 RoIs and two fully connected layers (VGG-16 style).
+  * ``fpn: true``: a feature pyramid over the last ``fpn_levels`` maps (plus a max-pooled level), one
+    anchor size per level, and the two-layer MLP head.
+
+Resizing and normalisation happen in OUR data pipeline (``densecnn.data.detection``): torchvision's
+``GeneralizedRCNNTransform`` is replaced by ``PreparedImages``, which only batches the images (no
+resize, no mean/std), so what the model sees is exactly what the DataModule produced.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import torch
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+
+from densecnn.heads.detection import BackboneFeatures, LastStageBoxHead, freeze_batchnorm, set_trainable_stages
+
+from .base import DetectionTask
+
+
+class PreparedImages(GeneralizedRCNNTransform):
+    """torchvision's detection transform reduced to batching: images arrive resized and normalised by the
+    data pipeline, so ``normalize`` and ``resize`` are the identity (and predictions stay in the input's
+    pixels; ``DetectionTask.to_original`` maps them to the original image)."""
+
+    def __init__(self):
+        super().__init__(min_size=1, max_size=1, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
+                         size_divisible=1)
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return image
+
+    def resize(self, image: torch.Tensor, target=None):
+        return image, target
+
+
+class FasterRCNNTask(DetectionTask):
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        num_classes: int = 20,
+        weights: str | None = None,
+        box_head: Literal["last_stage", "mlp"] = "last_stage",
+        fpn: bool = False,
+        fpn_levels: int = 4,
+        fpn_channels: int = 256,
+        frozen_bn: bool = True,
+        trainable_stages: int | None = 3,
+        anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        rpn_pre_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 6000,
+        rpn_post_nms_top_n_test: int = 300,
+        rpn_nms_thresh: float = 0.7,
+        rpn_batch_size_per_image: int = 256,
+        box_batch_size_per_image: int = 128,
+        box_positive_fraction: float = 0.25,
+        mlp_dim: int = 1024,
+        feature_index: int = -1,
+        nms_thresh: float = 0.3,
+        **kwargs: Any,
+    ):
+        """
+        Args:
+            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img: see
+                ``DetectionTask``; ``nms_thresh`` 0.3 is the ResNet paper's (S1 L668).
+            box_head, fpn, fpn_levels, fpn_channels: the layout (module docstring).
+            frozen_bn: replace the backbone's batch norm by ``FrozenBatchNorm2d`` (S1 L650).
+            trainable_stages: train only the last N ``feature_info`` stages (3: res3-res5 for ResNets, as
+                torchvision's reference); ``null`` trains everything.
+            anchor_sizes, aspect_ratios: anchors (Faster R-CNN: 3 scales x 3 ratios on one map; with FPN one
+                size per pyramid level, so ``fpn_levels + 1`` sizes).
+            rpn_*: RPN proposal counts, NMS and mini-batch; 300 proposals at test (S1 L652).
+            box_batch_size_per_image, box_positive_fraction: Fast R-CNN's RoI mini-batch (25% foreground).
+            mlp_dim: width of the two fully connected layers of the ``mlp``/FPN head.
+            feature_index: the ``feature_info`` map the ``mlp`` head works on (default the last).
+        """
+        super().__init__(backbone=backbone, num_classes=num_classes, weights=weights, nms_thresh=nms_thresh,
+                         **kwargs)
+
+    def configure_models(self) -> None:
+        h = self.hparams
+        body = self.build_backbone(num_classes=0)
+        if h.frozen_bn:
+            freeze_batchnorm(body)
+        set_trainable_stages(body, h.trainable_stages)
+        self.backbone = body
+        sizes, ratios = tuple(int(s) for s in h.anchor_sizes), tuple(float(r) for r in h.aspect_ratios)
+        if h.fpn:
+            n = len(body.feature_info)
+            levels = min(h.fpn_levels, n)
+            features = BackboneFeatures(body, indices=list(range(n - levels, n)), fpn=True,
+                                        fpn_channels=h.fpn_channels)
+            if len(sizes) != len(features.names):
+                raise ValueError(f"model.init_args.anchor_sizes: with fpn, one size per pyramid level: "
+                                 f"{len(features.names)} (fpn_levels + 1), got {list(sizes)}")
+            anchors = AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * len(sizes))
+            pooler = MultiScaleRoIAlign(features.names[:-1], output_size=7, sampling_ratio=2)
+            head = TwoMLPHead(features.out_channels * 7 * 7, h.mlp_dim)
+            representation = h.mlp_dim
+        elif h.box_head == "last_stage":
+            if len(body.feature_info) < 2:
+                raise ValueError(f"backbone {h.backbone!r} has one feature map; use box_head: mlp")
+            features = BackboneFeatures(body, indices=[-2])
+            last = body.feature_info[-1]
+            head = LastStageBoxHead(body.get_submodule(last.module), last.num_chs)
+            anchors = AnchorGenerator((sizes,), (ratios,))
+            pooler = MultiScaleRoIAlign(features.names, output_size=14, sampling_ratio=2)
+            representation = last.num_chs
+        elif h.box_head == "mlp":
+            features = BackboneFeatures(body, indices=[h.feature_index])
+            anchors = AnchorGenerator((sizes,), (ratios,))
+            pooler = MultiScaleRoIAlign(features.names, output_size=7, sampling_ratio=2)
+            head = TwoMLPHead(features.out_channels * 7 * 7, h.mlp_dim)
+            representation = h.mlp_dim
+        else:
+            raise ValueError(f"model.init_args.box_head: {h.box_head!r} is not one of last_stage, mlp")
+        self.detector = FasterRCNN(
+            features, rpn_anchor_generator=anchors, box_roi_pool=pooler,
+            box_head=head, box_predictor=FastRCNNPredictor(representation, h.num_classes + 1),
+            rpn_pre_nms_top_n_train=h.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=h.rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=h.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=h.rpn_post_nms_top_n_test,
+            rpn_nms_thresh=h.rpn_nms_thresh, rpn_batch_size_per_image=h.rpn_batch_size_per_image,
+            box_batch_size_per_image=h.box_batch_size_per_image, box_positive_fraction=h.box_positive_fraction,
+            box_score_thresh=h.score_thresh, box_nms_thresh=h.nms_thresh,
+            box_detections_per_img=h.detections_per_img)
+        self.detector.transform = PreparedImages()
+
+    def head_modules(self) -> list:
+        heads = [self.detector.rpn, self.detector.roi_heads]
+        if self.detector.backbone.fpn is not None:
+            heads.append(self.detector.backbone.fpn)
+        return heads
+
+    @staticmethod
+    def _targets(batch: dict) -> list[dict[str, torch.Tensor]]:
+        return [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in batch["target"]]
+
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.detector(list(batch["image"]), self._targets(batch))
+
+    def detect(self, images: torch.Tensor, batch: dict) -> list[dict[str, torch.Tensor]]:
+        was_training = self.detector.training
+        self.detector.eval()
+        detections = self.detector(list(images))
+        self.detector.train(was_training)
+        return detections
