@@ -26,9 +26,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import nn
+from torchmetrics import MeanMetric
 
 from densecnn import create_backbone
 from densecnn.viz import save_png
+
+from .utils import local_log_dir
 
 STAGES = ("train", "val", "test")
 OPTIMIZERS = ("sgd", "adamw")
@@ -112,6 +115,9 @@ class BaseTask(pl.LightningModule):
         # keys are "<stage>_metrics": a bare "train" would shadow nn.Module.train
         self.metrics = nn.ModuleDict({f"{stage}_metrics": self.make_metrics().clone(prefix=f"{stage}/")
                                       for stage in STAGES})
+        # The loss as a sample-weighted mean Metric: DDP then syncs sums and counts, which stays exact when
+        # ranks hold different numbers of samples (Lightning's sync_dist would average the ranks' means).
+        self.loss_means = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES})
 
     def metrics_for(self, stage: str):
         return self.metrics[f"{stage}_metrics"]
@@ -169,8 +175,10 @@ class BaseTask(pl.LightningModule):
         loss, outputs = self.compute_loss(batch, stage)
         batch_size = self.batch_size_of(batch)
         training = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=training, on_epoch=True, prog_bar=training,
-                 sync_dist=not training, batch_size=batch_size)
+        loss_mean = self.loss_means[f"{stage}_loss"]
+        loss_mean(loss.detach(), weight=batch_size)
+        self.log(f"{stage}/loss", loss_mean, on_step=training, on_epoch=True, prog_bar=training,
+                 batch_size=batch_size)
         self.update_metrics(stage, outputs, batch)
         self.log_dict(self.metrics_for(stage), on_step=False, on_epoch=True, prog_bar=not training,
                       batch_size=batch_size)
@@ -249,9 +257,9 @@ class BaseTask(pl.LightningModule):
 
     @property
     def run_dir(self) -> Path:
-        """The run's log directory (``metrics.json``, ``pictures/``, ``predictions/`` go here)."""
-        trainer = self.trainer
-        return Path(trainer.log_dir or trainer.default_root_dir)
+        """The run's log directory (``metrics.json``, ``pictures/``, ``predictions/`` go here), as rank zero
+        sees it; no collective call, so it is safe inside ``if trainer.is_global_zero`` blocks."""
+        return local_log_dir(self.trainer)
 
     def log_picture(self, tag: str, picture: np.ndarray) -> Path | None:
         """Send an HxWx3 uint8 picture to the loggers that take images and save it under ``pictures/``."""
@@ -292,11 +300,10 @@ class BaseTask(pl.LightningModule):
             return super(BaseTask, target).load_from_checkpoint(
                 checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict,
                 weights_only=True, **kwargs)
-        except RuntimeError as err:
-            if "size mismatch" in str(err):
-                raise CheckpointError(f"{checkpoint_path}: the weights do not fit {target.__name__} built with "
-                                      f"{kwargs or 'the saved hyper-parameters'}: {err}") from err
-            raise
+        except (RuntimeError, ValueError) as err:
+            overrides = {k: v for k, v in kwargs.items() if k != "weights"}
+            raise CheckpointError(f"{checkpoint_path}: cannot load into {target.__name__} with the saved "
+                                  f"hyper-parameters{f' and overrides {overrides}' if overrides else ''}: {err}") from err
 
 
 def _saved_task_name(path) -> str | None:

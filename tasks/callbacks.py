@@ -13,6 +13,8 @@ from pytorch_lightning.callbacks import BaseFinetuning, BasePredictionWriter, Ca
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .utils import local_log_dir
+
 
 def _write_json_atomically(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -37,7 +39,7 @@ class MetricsJSONWriter(Callback):
                    if k.startswith(prefix) and torch.as_tensor(v).numel() == 1}
         if not trainer.is_global_zero or not metrics:
             return
-        path = Path(trainer.log_dir or trainer.default_root_dir) / "metrics.json"
+        path = local_log_dir(trainer) / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         existing = json.loads(path.read_text()) if path.is_file() else {}
         existing.update({k: (None if math.isnan(v) else v) for k, v in metrics.items()})
@@ -86,20 +88,20 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self._records: list[dict] = []
-
-    def out_dir(self, trainer: pl.Trainer) -> Path:
-        path = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        self._out: Path | None = None
 
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resolved once, on every rank together: Trainer.log_dir is a collective, and ranks may see different
+        # numbers of batches, so it must not be called per batch.
+        self._out = Path(self.output_dir or Path(trainer.log_dir) / "predictions")
+        self._out.mkdir(parents=True, exist_ok=True)
         self._records = []
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        self._records.extend(pl_module.prediction_records(prediction, batch, self.out_dir(trainer), batch_idx))
+        self._records.extend(pl_module.prediction_records(prediction, batch, self._out, batch_idx))
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        out = self.out_dir(trainer)
+        out = self._out
         records = self._records
         if trainer.world_size > 1:
             part = out / f".records.rank{trainer.global_rank}.json"

@@ -1,0 +1,103 @@
+"""``root/<split>/<class>/*.{png,jpg,...}`` classification data, read through an albumentations pipeline."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file or folder and what is wrong with it."""
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 HxWx3; a file that cannot be decoded raises DataError naming it."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot decode image ({err})") from err
+
+
+def is_readable_image(path: str | os.PathLike) -> bool:
+    try:
+        read_rgb(path)
+        return True
+    except DataError:
+        return False
+
+
+def find_classes(split_dir: Path) -> list[str]:
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: split folder not found (expected <root>/<split>/<class>/<images>)")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<images>)")
+    return classes
+
+
+class ImageFolderDataset(Dataset):
+    """Samples ``{"image": CHW float tensor, "label": int, "path": str}`` from ``split_dir/<class>/*``.
+
+    Args:
+        split_dir: folder holding one sub-folder per class.
+        class_names: the class list to index labels by (the training split's); a class folder here that is
+            not in it is an error. Defaults to this split's own folders.
+        transform: an albumentations pipeline called as ``transform(image=...)``.
+        skip_corrupt: check every file at construction and drop undecodable ones with a warning instead of
+            failing when one is read.
+    """
+
+    def __init__(self, split_dir: str | os.PathLike, class_names: Sequence[str] | None = None,
+                 transform: Callable | None = None, skip_corrupt: bool = False):
+        self.split_dir = Path(split_dir)
+        own_classes = find_classes(self.split_dir)
+        self.class_names = list(class_names) if class_names is not None else own_classes
+        unknown = sorted(set(own_classes) - set(self.class_names))
+        if unknown:
+            raise DataError(f"{self.split_dir}: class folders {unknown} do not exist in the training split "
+                            f"(classes: {self.class_names})")
+        self.transform = transform
+        per_class: list[list[tuple[str, int]]] = []
+        for class_name in own_classes:
+            folder = self.split_dir / class_name
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise DataError(f"{folder}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            label = self.class_names.index(class_name)
+            per_class.append([(str(p), label) for p in files])
+        # Round-robin over classes: an unshuffled evaluation batch (and its logged picture) shows every class.
+        longest = max(len(files) for files in per_class)
+        self.samples: list[tuple[str, int]] = [files[i] for i in range(longest) for files in per_class
+                                               if i < len(files)]
+        if skip_corrupt:
+            bad = [path for path, _ in self.samples if not is_readable_image(path)]
+            if bad:
+                warnings.warn(f"{self.split_dir}: skipping {len(bad)} unreadable image(s): {', '.join(bad[:5])}"
+                              + (" ..." if len(bad) > 5 else ""), stacklevel=2)
+                bad_set = set(bad)
+                self.samples = [s for s in self.samples if s[0] not in bad_set]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        path, label = self.samples[index]
+        image = read_rgb(path)
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        else:
+            image = torch.from_numpy(image).permute(2, 0, 1).float().div(255)
+        return {"image": image, "label": label, "path": path}
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
