@@ -298,7 +298,8 @@ class DenseAugment:
         # one affine warp does scale + rotation about the centre and the crop offset at once
         top = int(rng.integers(0, max(sh - ch, 0) + 1))
         left = int(rng.integers(0, max(sw - cw, 0) + 1))
-        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, s)
+        # about the image centre in OpenCV's pixel-centre convention, so that a rotation is a camera roll
+        matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, s)
         matrix[0, 2] += (sw - width) / 2 - left
         matrix[1, 2] += (sh - height) / 2 - top
         out = _warp_maps(sample, matrix, ch, cw)
