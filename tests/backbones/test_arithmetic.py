@@ -113,3 +113,22 @@ def test_three_3x3_convs_see_7x7_with_fewer_weights():
     three = sum(torch.nn.Conv2d(c, c, 3, bias=False).weight.numel() for _ in range(3))
     one = torch.nn.Conv2d(c, c, 7, bias=False).weight.numel()
     assert (three, one) == (27 * c * c, 49 * c * c) and round(one / three - 1, 2) == 0.81
+
+
+def test_fully_connected_layer_as_a_convolution():
+    # S4 L1033-1107: an FC layer on a k x k x D input is a conv with a k x k kernel; 4 inputs -> 2 outputs
+    # is two 1x1x4 kernels on a 1x1 "image" with 4 channels
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(4, 2)
+    conv = torch.nn.Conv2d(4, 2, 1)
+    conv.weight.data.copy_(fc.weight.view(2, 4, 1, 1))
+    conv.bias.data.copy_(fc.bias)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(conv(x.view(3, 4, 1, 1)).flatten(1), fc(x))
+    fc6 = torch.nn.Linear(8 * 3 * 3, 5)  # on a 3x3x8 map: a 3x3 conv, and it slides over bigger maps
+    conv6 = torch.nn.Conv2d(8, 5, 3)
+    conv6.weight.data.copy_(fc6.weight.view(5, 8, 3, 3))
+    conv6.bias.data.copy_(fc6.bias)
+    maps = torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(conv6(maps).flatten(1), fc6(maps.flatten(1)))
+    assert conv6(torch.randn(1, 8, 7, 7)).shape == (1, 5, 5, 5)
