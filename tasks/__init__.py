@@ -13,3 +13,6 @@ from .detection import DetectionTask, FastRCNNTask, FasterRCNNTask, OverFeatTask
 from .datamodules.detection import CocoDetectionDataModule, VOCDetectionDataModule  # noqa: E402
 __all__ += ["CocoDetectionDataModule", "DetectionTask", "FastRCNNTask", "FasterRCNNTask", "OverFeatTask", "RCNNTask",
             "VOCDetectionDataModule"]
+from .video import VideoClassificationTask  # noqa: E402
+from .datamodules.video import VideoFolderDataModule  # noqa: E402
+__all__ += ["VideoClassificationTask", "VideoFolderDataModule"]

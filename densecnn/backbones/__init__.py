@@ -5,7 +5,7 @@ import os
 
 from torch import nn
 
-from . import alexnet, allcnn, googlenet, jarrett, lenet, nin, resnet, vgg, zfnet  # noqa: F401  (registers the families)
+from . import alexnet, allcnn, c3d, googlenet, inflate, jarrett, lenet, nin, resnet, vgg, video_tv, zfnet  # noqa: F401  (registers the families)
 from .base import Backbone, FeatureInfo
 from .registry import TIMM_PREFIX, get_entry, list_backbones, register_backbone
 

@@ -1,0 +1,181 @@
+"""Video folders (``root/<class>/<video>.{mp4,avi}``, UCF101 split lists when present) as clips.
+
+Training batches: ``{"video": (B, C, T, H, W), "label": (B,), ...}``, one random clip per video.
+Evaluation and predict batches: ``{"video": (B, K, C, T, H, W), ...}``, each video's ``clips_per_video``
+uniformly spaced clips, so the task can score clips and average them per video (see ``densecnn.data.video``
+for decoding, sampling, caching and the short-video policy).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from densecnn.data import DataError, build_pipeline
+from densecnn.data.synthetic.common import has_files
+from densecnn.data.synthetic.video import write_video_dataset
+from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from densecnn.data.video import VIDEO_SUFFIXES, FrameStore, VideoClipDataset, find_video_classes, video_splits
+
+from .base import BaseDataModule
+
+# Presets; frames arrive already resized to ``resize`` (128x171 for C3D).
+#   c3d: random crop_size x crop_size crops and horizontal flips for training, the centre crop for
+#        evaluation (Tran et al. Section 3.2 / 4);
+#   c3d_noflip: the same without flips, for data where mirroring changes the class (the synthetic
+#        left/right and clockwise/anticlockwise motions);
+#   center: the centre crop for training too; none: no crop (frames already at the network's size).
+VIDEO_PRESETS = ("c3d", "c3d_noflip", "center", "none")
+
+
+def video_pipeline(spec: str | list[dict[str, Any]], *, crop_size: int, train: bool, mean, std, where: str):
+    """An albumentations pipeline for clips (applied to all frames at once through ``images=``)."""
+    if isinstance(spec, str):
+        if spec not in VIDEO_PRESETS:
+            raise ValueError(f"{where}: unknown video preset {spec!r}; presets: {', '.join(VIDEO_PRESETS)}")
+        crop = {"height": crop_size, "width": crop_size}
+        if spec == "none":
+            steps: list[dict[str, Any]] = []
+        elif spec == "center" or not train:
+            steps = [{"name": "CenterCrop", **crop}]
+        else:
+            steps = [{"name": "RandomCrop", **crop}]
+            if spec == "c3d":
+                steps.append({"name": "HorizontalFlip", "p": 0.5})
+    else:
+        steps = list(spec)
+    return build_pipeline(steps, image_size=crop_size, train=train, mean=mean, std=std, where=where)
+
+
+class VideoFolderDataModule(BaseDataModule):
+    #: crops evaluated per clip (the centre crop); part of the video metrics' names
+    crops_per_clip = 1
+
+    def __init__(
+        self,
+        root: str,
+        clip_len: int = 16,
+        frame_stride: int = 1,
+        clips_per_video: int = 10,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        resize: tuple[int, int] | None = (128, 171),
+        crop_size: int = 112,
+        train_transforms: str | list[dict[str, Any]] = "c3d",
+        eval_transforms: str | list[dict[str, Any]] | None = None,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        split: int = 1,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        train_sampling: Literal["random", "uniform"] = "random",
+        short_video_policy: Literal["loop", "pad"] = "loop",
+        cache_dir: str | None = None,
+        skip_corrupt: bool = False,
+        synthetic: bool = False,
+        synthetic_videos_per_class: dict[str, int] | None = None,
+        synthetic_num_frames: int = 32,
+        synthetic_frame_size: tuple[int, int] = (64, 86),
+        predict_root: str | None = None,
+        pin_memory: bool = False,
+    ):
+        """
+        Args:
+            root: ``<class>/<video>`` folders, with UCF101's ``classInd.txt``/``trainlistNN.txt``/
+                ``testlistNN.txt`` in ``root`` or ``root/ucfTrainTestlist`` when the split is given.
+            clip_len: frames per clip (16 for C3D). frame_stride: take every n-th frame.
+            clips_per_video: uniformly spaced clips per video at evaluation (video accuracy averages their
+                softmax; the count is part of the metric's name).
+            batch_size: clips per training batch; videos (of ``clips_per_video`` clips each) per evaluation batch.
+            resize: (H, W) every frame is resized to when decoded (C3D: 128x171); None keeps the file's size.
+            crop_size: the network's input size (C3D: 112).
+            train_transforms, eval_transforms: a preset (``c3d``, ``c3d_noflip``, ``center``, ``none``) or a
+                list of albumentations transforms; normalisation is appended. Eval defaults to the train
+                preset's evaluation form.
+            split: which UCF101 split lists to read (1, 2 or 3). Without lists: ``val_fraction`` and
+                ``test_fraction`` of each class, chosen with ``split_seed``.
+            train_sampling: ``random`` (one random clip per video per epoch) or ``uniform`` (every video's
+                ``clips_per_video`` clips; the feature protocol's training set).
+            short_video_policy: ``loop`` or ``pad`` for videos shorter than a clip (``densecnn.data.video``).
+            cache_dir: keep decoded, resized frames there as ``.npy`` (decode once, read many times).
+            skip_corrupt: drop unreadable or truncated videos with a warning instead of failing on them.
+            synthetic: when ``root`` holds no videos, first write the embedded synthetic dataset there
+                (``synthetic_videos_per_class`` {train, test}, ``synthetic_num_frames``, ``synthetic_frame_size``).
+            predict_root: videos to ``predict`` on (flat or in class folders); defaults to the test split.
+        """
+        super().__init__(root, batch_size, num_workers, pin_memory)
+        self.save_hyperparameters()
+        self.clip_len, self.frame_stride, self.clips_per_video = clip_len, frame_stride, clips_per_video
+        self.crop_size = crop_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        eval_spec = eval_transforms if eval_transforms is not None else (
+            train_transforms if isinstance(train_transforms, str) else "center")
+        self.train_transform = video_pipeline(train_transforms, crop_size=crop_size, train=True, mean=mean, std=std,
+                                              where="data.init_args.train_transforms")
+        self.eval_transform = video_pipeline(eval_spec, crop_size=crop_size, train=False, mean=mean, std=std,
+                                             where="data.init_args.eval_transforms")
+        self.predict_root = Path(predict_root) if predict_root else None
+        self.class_names: list[str] = []
+
+    def prepare_data(self) -> None:
+        h = self.hparams
+        if h.synthetic and not has_files(self.root, VIDEO_SUFFIXES):
+            write_video_dataset(self.root, videos_per_class=h.synthetic_videos_per_class,
+                                num_frames=h.synthetic_num_frames, frame_size=tuple(h.synthetic_frame_size))
+
+    def _dataset(self, samples, *, train: bool) -> VideoClipDataset:
+        h = self.hparams
+        sampling = h.train_sampling if train else "uniform"
+        return VideoClipDataset(samples, clip_len=h.clip_len, frame_stride=h.frame_stride, sampling=sampling,
+                                clips_per_video=h.clips_per_video,
+                                transform=self.train_transform if train else self.eval_transform,
+                                frames=FrameStore(h.resize, h.cache_dir), short_video_policy=h.short_video_policy,
+                                skip_corrupt=h.skip_corrupt)
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        self.check_root(" (set data.init_args.synthetic: true to generate the embedded synthetic data there)")
+        self.class_names, splits = video_splits(self.root, split=h.split, val_fraction=h.val_fraction,
+                                                test_fraction=h.test_fraction, seed=h.split_seed)
+        self.splits = splits
+        if stage in ("fit", None):
+            self.train_set = self._dataset(splits["train"], train=True)
+        if stage in ("fit", "validate", None):
+            self.val_set = self._dataset(self._nonempty(splits, "val"), train=False)
+        if stage in ("test", None):
+            self.test_set = self._dataset(self._nonempty(splits, "test"), train=False)
+        if stage == "predict":
+            self.predict_set = self._dataset(self._predict_samples(splits), train=False)
+
+    def _nonempty(self, splits: dict, name: str) -> list:
+        if not splits[name]:
+            raise DataError(f"{self.root}: the {name} split is empty (raise data.init_args.{name}_fraction or add "
+                            f"videos)")
+        return splits[name]
+
+    def _predict_samples(self, splits: dict) -> list[tuple[str, int]]:
+        if self.predict_root is None:
+            return self._nonempty(splits, "test")
+        if not self.predict_root.is_dir():
+            raise DataError(f"data.init_args.predict_root: {self.predict_root} does not exist")
+        if any(p.is_dir() and not p.name.startswith(".") for p in self.predict_root.iterdir()):
+            classes = find_video_classes(self.predict_root)
+            index = {name: i for i, name in enumerate(self.class_names)}
+            return [(str(p), index.get(c, -1)) for c in classes
+                    for p in sorted((self.predict_root / c).iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
+        videos = sorted(str(p) for p in self.predict_root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        if not videos:
+            raise DataError(f"{self.predict_root}: no videos to predict on ({', '.join(VIDEO_SUFFIXES)})")
+        return [(p, -1) for p in videos]
+
+    def train_dataloader(self):
+        return self.train_loader(self.train_set)
+
+    def val_dataloader(self):
+        return self.eval_loader(self.val_set)
+
+    def test_dataloader(self):
+        return self.eval_loader(self.test_set)
+
+    def predict_dataloader(self):
+        return self.eval_loader(self.predict_set)

@@ -1,0 +1,326 @@
+"""Video classification with 3D convolutions (Tran et al., C3D, arXiv:1412.0767; S3 L4147-4196).
+
+* Backbones: C3D (``c3d``, ``width_mult`` for reduced models), torchvision's ``r3d_18``/``mc3_18``/
+  ``r2plus1d_18``, inflated 2D ResNets (``inflated_resnet50`` with 2D ``weights``), or any 2D backbone,
+  which is run on every frame with its outputs averaged over time (``FrameAveraged``: the "2D ConvNet"
+  baseline that cannot see motion).
+* Metrics: clip accuracy (each clip on its own) and video accuracy (the softmax averaged over the video's K
+  uniformly spaced clips), top-1 and top-5. The clip and crop counts are part of the names, e.g.
+  ``val/video_acc1_10clips_1crop``; K comes from the DataModule's ``clips_per_video``.
+* The paper's feature protocol (Section 3.3/4.1), ``feature_protocol: true``: the backbone (normally C3D with
+  pretrained ``weights``) is frozen; each clip's fc6 activations are averaged over the video's clips and
+  L2-normalised into a video descriptor, and only a linear classifier on top of it is trained, with the
+  multi-class hinge loss of a linear SVM (``probe_loss: hinge``) or cross-entropy. Train it on
+  ``train_sampling: uniform`` data so the training descriptors are clip averages too. ``extract_features``
+  returns the descriptors for use elsewhere.
+* Predict writes ``predictions.csv`` (one row per video: label, probability, the clips' scores for that
+  label, all class probabilities) and ``clips/<video>.csv`` per video (one row per clip).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from densecnn.backbones import get_entry
+from densecnn.backbones.inflate import FrameAveraged
+from densecnn.data import DataError
+from densecnn.viz import BAD, GOOD, image_grid, save_png, to_uint8_images
+
+from .base import STAGES, BaseTask
+
+PROBE_LOSSES = ("hinge", "cross_entropy")
+
+
+class VideoClassificationTask(BaseTask):
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: str = "c3d",
+        num_classes: int = 101,
+        clip_len: int = 16,
+        crop_size: int = 112,
+        weights: str | None = None,
+        class_names: list[str] | None = None,
+        label_smoothing: float = 0.0,
+        feature_protocol: bool = False,
+        feature_layer: Literal["fc6", "fc7"] = "fc6",
+        probe_loss: Literal["hinge", "cross_entropy"] = "hinge",
+        channels_last: bool = True,
+        **kwargs,
+    ):
+        """
+        Args:
+            backbone: a 3D backbone (``c3d``, ``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``inflated_resnet18``, ...)
+                or a 2D one, applied per frame and averaged over time.
+            num_classes: number of action classes (101 for UCF101, 487 for Sports-1M).
+            clip_len, crop_size: the clips the model is built for (C3D sizes fc6 from them); they must match
+                the DataModule's.
+            class_names: label names (taken from the data when training).
+            feature_protocol: freeze the backbone and train a linear classifier on clip-averaged, L2-normalised
+                ``feature_layer`` descriptors (Tran et al.'s protocol), with ``probe_loss``.
+            channels_last: keep 3D backbones and clips in ``channels_last_3d`` memory layout; PyTorch's CPU
+                Conv3d backward is several times faster in it (``benchmarks/video.py``), and GPUs prefer it too.
+        """
+        self._check_choice("probe_loss", probe_loss, PROBE_LOSSES)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"model.init_args.class_names has {len(class_names)} names for num_classes={num_classes}")
+        if clip_len < 1 or crop_size < 1:
+            raise ValueError("model.init_args.clip_len and crop_size must be positive")
+        # Views averaged into a video prediction; they name the video metrics and are taken from the
+        # DataModule (its clips_per_video and crops_per_clip) when the task runs in a Trainer.
+        self.clips_per_video, self.crops_per_clip = 10, 1
+        super().__init__(backbone=backbone, weights=weights, **kwargs)
+
+    # ---- model -------------------------------------------------------------------------------------------
+    @property
+    def is_3d(self) -> bool:
+        """A video backbone (its registered input is C x T x H x W) rather than a 2D one run per frame."""
+        return len(get_entry(self.hparams.backbone).input_size) == 4
+
+    def configure_models(self) -> None:
+        h = self.hparams
+        overrides: dict = {"num_classes": 0 if h.feature_protocol else h.num_classes}
+        if h.backbone == "c3d" and "input_size" not in (h.backbone_kwargs or {}):
+            overrides["input_size"] = (3, h.clip_len, h.crop_size, h.crop_size)
+        if self.is_3d:
+            self.backbone = self.build_backbone(**overrides)
+            if h.channels_last:
+                self.backbone.to(memory_format=torch.channels_last_3d)
+        else:
+            self.backbone = FrameAveraged(self.build_backbone(**overrides))
+        if h.feature_protocol:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            self.probe = nn.Linear(self._descriptor_width(), h.num_classes)
+
+    def _descriptor_width(self) -> int:
+        layer = getattr(self.backbone, self.hparams.feature_layer, None)
+        if hasattr(self.backbone, "embed") and isinstance(layer, nn.Linear):
+            return layer.out_features
+        return self.backbone.num_features
+
+    def configure_losses(self) -> None:
+        h = self.hparams
+        if h.feature_protocol and h.probe_loss == "hinge":
+            self.criterion: nn.Module = nn.MultiMarginLoss()  # the multi-class linear SVM's loss
+        else:
+            self.criterion = nn.CrossEntropyLoss(label_smoothing=h.label_smoothing)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.probe] if self.hparams.feature_protocol else super().head_modules()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.feature_protocol:
+            self.backbone.eval()  # frozen feature extractor: no dropout, fixed BN statistics
+        return self
+
+    # ---- metrics -----------------------------------------------------------------------------------------
+    def video_metric_suffix(self) -> str:
+        return f"_{self.clips_per_video}clips_{self.crops_per_clip}crop"
+
+    def _accuracies(self, prefix: str, suffix: str = "") -> dict:
+        n = self.hparams.num_classes
+        metrics = {f"{prefix}_acc1{suffix}": MulticlassAccuracy(n, top_k=1, average="micro")}
+        if n > 5:
+            metrics[f"{prefix}_acc5{suffix}"] = MulticlassAccuracy(n, top_k=5, average="micro")
+        return metrics
+
+    def make_metrics(self) -> MetricCollection:
+        return MetricCollection({**self._accuracies("clip"), **self._accuracies("video", self.video_metric_suffix())},
+                                compute_groups=False)
+
+    def configure_metrics(self) -> None:
+        collections = {}
+        for stage in STAGES:
+            metrics = self._accuracies("clip") if stage == "train" else self.make_metrics()
+            collections[f"{stage}_metrics"] = MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
+        self.metrics = nn.ModuleDict(collections)
+        self.monitor = f"val/video_acc1{self.video_metric_suffix()}"
+
+    def _sync_with_data(self) -> None:
+        """Take clip/crop counts and class names from the DataModule (the metric names depend on them)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        h = self.hparams
+        counts = (getattr(datamodule, "clips_per_video", self.clips_per_video),
+                  getattr(datamodule, "crops_per_clip", self.crops_per_clip))
+        if counts != (self.clips_per_video, self.crops_per_clip):
+            self.clips_per_video, self.crops_per_clip = counts
+            self.configure_metrics()
+        for key in ("clip_len", "crop_size"):
+            value = getattr(datamodule, key, h[key])
+            if value != h[key]:
+                raise DataError(f"model.init_args.{key} is {h[key]} but data.init_args.{key} is {value}: the model "
+                                f"is built for the clips the data makes; set both to the same value")
+
+    def configure_callbacks(self):
+        self._sync_with_data()  # before BaseTask creates the checkpoint callback that monitors self.monitor
+        return super().configure_callbacks()
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)])
+
+    def setup(self, stage: str) -> None:
+        self._sync_with_data()
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None)
+        if not names:
+            return
+        if len(names) != self.hparams.num_classes:
+            raise DataError(f"model.init_args.num_classes is {self.hparams.num_classes} but the data at "
+                            f"{getattr(datamodule, 'root', '?')} has {len(names)} classes: {list(names)[:10]}")
+        if self.hparams.class_names and list(self.hparams.class_names) != list(names):
+            raise DataError(f"the data's classes {list(names)[:10]} differ from the model's "
+                            f"{list(self.hparams.class_names)[:10]}: labels would mean different things")
+        self.hparams.class_names = list(names)
+
+    # ---- forward passes ----------------------------------------------------------------------------------
+    def clip_descriptors(self, clips: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, H, W) -> (N, D) feature-protocol descriptors of single clips (``feature_layer``)."""
+        if self.hparams.channels_last and self.is_3d:
+            clips = clips.contiguous(memory_format=torch.channels_last_3d)
+        with torch.no_grad():
+            if hasattr(self.backbone, "embed"):
+                return self.backbone.embed(clips, self.hparams.feature_layer)
+            return self.backbone(clips)
+
+    def extract_features(self, videos: torch.Tensor) -> torch.Tensor:
+        """Video descriptors as in Tran et al.: the clips' features averaged, then L2-normalised.
+        ``videos`` is (B, K, C, T, H, W) (K clips per video) or (B, C, T, H, W) (one clip)."""
+        clips = videos.flatten(0, 1) if videos.dim() == 6 else videos
+        features = self.clip_descriptors(clips)
+        if videos.dim() == 6:
+            features = features.view(videos.shape[0], videos.shape[1], -1).mean(dim=1)
+        return F.normalize(features, dim=1)
+
+    def clip_logits(self, videos: torch.Tensor) -> torch.Tensor:
+        """Logits per clip: (B, C, T, H, W) -> (B, classes); (B, K, C, T, H, W) -> (B, K, classes)."""
+        if videos.dim() == 6:
+            return self.clip_logits(videos.flatten(0, 1)).view(videos.shape[0], videos.shape[1], -1)
+        if videos.dim() != 5:
+            raise ValueError(f"expected clips (B, C, T, H, W) or (B, K, C, T, H, W), got {tuple(videos.shape)}")
+        if self.hparams.channels_last and self.is_3d:
+            videos = videos.contiguous(memory_format=torch.channels_last_3d)
+        if self.hparams.feature_protocol:
+            return self.probe(F.normalize(self.clip_descriptors(videos), dim=1))
+        return self.backbone(videos)
+
+    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+        return self.clip_logits(videos)
+
+    def video_probs(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(video probabilities (B, classes), clip probabilities (B, K, classes)) for (B, K, ...) input."""
+        if self.hparams.feature_protocol:
+            video = self.probe(self.extract_features(videos)).softmax(dim=1)
+            return video, self.clip_logits(videos).softmax(dim=-1)
+        clip_probs = self.clip_logits(videos).softmax(dim=-1)
+        return clip_probs.mean(dim=1), clip_probs
+
+    def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
+        videos, labels = batch["video"], batch["label"]
+        if videos.dim() == 5:  # one clip per video (training)
+            logits = self.clip_logits(videos)
+            return self.criterion(logits, labels), {"clip_logits": logits}
+        clip_logits = self.clip_logits(videos)  # (B, K, classes)
+        k = clip_logits.shape[1]
+        if self.hparams.feature_protocol:
+            video_logits = self.probe(self.extract_features(videos))
+            loss = self.criterion(video_logits, labels)
+            video_probs = video_logits.softmax(dim=1)
+        else:
+            loss = self.criterion(clip_logits.flatten(0, 1), labels.repeat_interleave(k))
+            video_probs = clip_logits.softmax(dim=-1).mean(dim=1)
+        return loss, {"clip_logits": clip_logits, "video_probs": video_probs}
+
+    def update_metrics(self, stage: str, outputs: dict, batch: dict) -> None:
+        labels = batch["label"]
+        clip_logits = outputs["clip_logits"]
+        clip_labels = labels if clip_logits.dim() == 2 else labels.repeat_interleave(clip_logits.shape[1])
+        for name, metric in self.metrics_for(stage).items(keep_base=True):
+            if name.startswith("clip_"):
+                metric.update(clip_logits.reshape(len(clip_labels), -1), clip_labels)
+            elif "video_probs" in outputs:
+                metric.update(outputs["video_probs"], labels)
+
+    def batch_size_of(self, batch: dict) -> int:
+        return len(batch["video"])
+
+    # ---- pictures ----------------------------------------------------------------------------------------
+    def _normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
+        from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)
+
+    def clip_strip(self, videos: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor | None,
+                   frames_per_row: int = 8) -> np.ndarray:
+        """One row per video: frames of its middle clip, captioned with the prediction (green when right)."""
+        clips = videos[:, videos.shape[1] // 2] if videos.dim() == 6 else videos
+        n = min(len(clips), max(1, self.hparams.num_log_images // frames_per_row) * 2)
+        t = clips.shape[2]
+        picks = torch.linspace(0, t - 1, min(frames_per_row, t)).round().long()
+        tiles, captions, colours = [], [], []
+        names = self.class_names
+        for i in range(n):
+            frames = clips[i][:, picks].transpose(0, 1)  # (frames, C, H, W)
+            tiles += to_uint8_images(frames.cpu(), *self._normalisation())
+            p = int(probs[i].argmax())
+            right = labels is None or int(labels[i]) < 0 or int(labels[i]) == p
+            captions += [f"{names[p]} {float(probs[i, p]):.2f}"] + [f"t={int(j)}" for j in picks[1:]]
+            colours += [GOOD if right else BAD] * len(picks)
+        return image_grid(tiles, captions, colours, columns=len(picks))
+
+    def log_examples(self, stage: str, batch: dict, outputs: dict) -> None:
+        if "video_probs" in outputs:
+            self.log_picture(f"{stage}/examples", self.clip_strip(batch["video"], outputs["video_probs"].float(),
+                                                                  batch["label"]))
+
+    # ---- predict -----------------------------------------------------------------------------------------
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        videos = batch["video"] if batch["video"].dim() == 6 else batch["video"].unsqueeze(1)
+        probs, clip_probs = self.video_probs(videos)
+        return {"probs": probs, "labels": probs.argmax(dim=1), "clip_probs": clip_probs}
+
+    def prediction_records(self, prediction: dict, batch: dict, out_dir: Path, batch_idx: int) -> list[dict]:
+        names = self.class_names
+        probs = prediction["probs"].float().cpu()
+        clip_probs = prediction["clip_probs"].float().cpu()
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            save_png(self.clip_strip(batch["video"], probs, None), out_dir / "preview.png")
+        clip_dir = out_dir / "clips"
+        clip_dir.mkdir(parents=True, exist_ok=True)
+        records = []
+        for i, (path, label) in enumerate(zip(batch["path"], prediction["labels"].tolist())):
+            clip_file = clip_dir / f"{Path(path).parent.name}__{Path(path).stem}.csv"
+            with open(clip_file, "w", newline="") as f:  # one row per clip of this video
+                writer = csv.writer(f)
+                writer.writerow(["clip", "start_frame", "label", "probability", *[f"p_{n}" for n in names]])
+                for k, (start, p) in enumerate(zip(batch["starts"][i].tolist(), clip_probs[i])):
+                    top = int(p.argmax())
+                    writer.writerow([k, start, names[top], f"{float(p[top]):.6f}", *[f"{float(v):.6f}" for v in p]])
+            records.append({"file": path, "label": names[label], "probability": float(probs[i, label]),
+                            "clip_scores": [round(float(v), 6) for v in clip_probs[i, :, label]],
+                            "probs": [round(float(v), 6) for v in probs[i]], "clips_csv": str(clip_file)})
+        return records
+
+    def save_predictions(self, records: Sequence[dict], out_dir: Path) -> Path:
+        path = out_dir / "predictions.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "label", "probability", "clip_scores", *[f"p_{n}" for n in self.class_names]])
+            for r in sorted(records, key=lambda r: r["file"]):
+                writer.writerow([r["file"], r["label"], f"{r['probability']:.6f}",
+                                 " ".join(f"{v:.6f}" for v in r["clip_scores"]), *r["probs"]])
+        return path
