@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread per test process: the tests run many tiny ops, where a second thread only adds overhead.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
