@@ -29,6 +29,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from densecnn import create_backbone
+from densecnn.data import DataError
 from densecnn.viz import save_png
 
 from .utils import local_log_dir
@@ -145,6 +146,30 @@ class BaseTask(pl.LightningModule):
         return [classifier()] if callable(classifier) else []
 
     # ---- shared pieces -------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        """Class names stored in the hyper-parameters (filled from the data at fit time), else indices."""
+        names = self.hparams.get("class_names")
+        return list(names) if names else [str(i) for i in range(self.hparams.get("num_classes") or 0)]
+
+    def sync_class_names(self):
+        """Check ``num_classes`` and the stored class names against the DataModule's ``class_names`` and store
+        them, so a checkpoint always knows its labels. Returns the DataModule (or None)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None)
+        if not names:
+            return datamodule
+        names = list(names)
+        if len(names) != self.hparams.num_classes:
+            raise DataError(f"model.init_args.num_classes is {self.hparams.num_classes} but the data at "
+                            f"{getattr(datamodule, 'root', '?')} has {len(names)} classes: {names[:10]}")
+        stored = self.hparams.get("class_names")
+        if stored and list(stored) != names:
+            raise DataError(f"the data's classes {names[:10]} differ from the model's {list(stored)[:10]}: "
+                            f"labels would mean different things")
+        self.hparams.class_names = names
+        return datamodule
+
     def build_backbone(self, **overrides) -> nn.Module:
         h = self.hparams
         kwargs = {**(h.backbone_kwargs or {}), **overrides}

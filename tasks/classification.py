@@ -14,7 +14,6 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from densecnn.data import DataError
 from densecnn.viz import BAD, GOOD, confusion_matrix_image, image_grid, save_png, to_uint8_images
 
 from .base import BaseTask
@@ -84,22 +83,8 @@ class ClassificationTask(BaseTask):
         self.test_per_class = MulticlassAccuracy(n, average=None)
         self.test_confusion = MulticlassConfusionMatrix(n)
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)])
-
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(datamodule, "class_names", None)
-        if not names:
-            return
-        if len(names) != self.hparams.num_classes:
-            raise DataError(f"model.init_args.num_classes is {self.hparams.num_classes} but the data at "
-                            f"{getattr(datamodule, 'root', '?')} has {len(names)} classes: {list(names)}")
-        if self.hparams.class_names and list(self.hparams.class_names) != list(names):
-            raise DataError(f"the data's classes {list(names)} differ from the model's "
-                            f"{list(self.hparams.class_names)}: labels would mean different things")
-        self.hparams.class_names = list(names)
+        self.sync_class_names()
 
     # ---- forward passes ----------------------------------------------------------------------------------
     def predict_probs(self, images: torch.Tensor) -> torch.Tensor:

@@ -42,3 +42,16 @@ class BaseDataModule(pl.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=dist.get_world_size(),
                                                    rank=dist.get_rank(), shuffle=False)
         return self._loader(dataset, shuffle=False, sampler=sampler)
+
+    # Subclasses build ``train_set``, ``val_set``, ``test_set`` and ``predict_set`` in ``setup``.
+    def train_dataloader(self) -> DataLoader:
+        return self.train_loader(self.train_set)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.predict_set)

@@ -106,15 +106,3 @@ class ImageFolderDataModule(BaseDataModule):
             self.predict_set = ImageFolderDataset(self.predict_root, None, self.eval_transform, self.skip_corrupt)
         else:
             self.predict_set = ImageFileList(self.predict_root, self.eval_transform)
-
-    def train_dataloader(self):
-        return self.train_loader(self.train_set)
-
-    def val_dataloader(self):
-        return self.eval_loader(self.val_set)
-
-    def test_dataloader(self):
-        return self.eval_loader(self.test_set)
-
-    def predict_dataloader(self):
-        return self.eval_loader(self.predict_set)
