@@ -138,20 +138,9 @@ class DensePredictionTask(BaseTask):
         return dict(min_depth=h.eval_min_depth, max_depth=h.eval_max_depth, eigen_crop=h.eigen_crop,
                     silog_lambda=h.silog_lambda)
 
-    @property
-    def class_names(self) -> list[str]:
-        n = self.hparams.num_classes or 0
-        return list(self.hparams.class_names or [str(i) for i in range(n)])
-
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(datamodule, "class_names", None)
-        if not names or "semantic" not in self.targets:
-            return
-        if len(names) != self.hparams.num_classes:
-            raise DataError(f"model.init_args.num_classes is {self.hparams.num_classes} but the data at "
-                            f"{getattr(datamodule, 'root', '?')} names {len(names)} classes: {list(names)}")
-        self.hparams.class_names = list(names)
+        if "semantic" in self.targets:
+            self.sync_class_names()  # num_classes must match the data's classes.txt; the names go in the checkpoint
 
     # ---- forward passes ----------------------------------------------------------------------------------------
     def forward_scales(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:

@@ -123,18 +123,6 @@ class DenseDataModule(BaseDataModule):
         if stage == "predict":
             self.predict_set = self.make_dataset(self._test_split(), False)
 
-    def train_dataloader(self):
-        return self.train_loader(self.train_set)
-
-    def val_dataloader(self):
-        return self.eval_loader(self.val_set)
-
-    def test_dataloader(self):
-        return self.eval_loader(self.test_set)
-
-    def predict_dataloader(self):
-        return self.eval_loader(self.predict_set)
-
 
 class NYUDepthV2DataModule(DenseDataModule):
     """The labeled NYU Depth v2 file with the official 795/654 split (the test frames also serve as the
