@@ -92,3 +92,18 @@ def test_missing_split_or_mapping_files_and_bad_files_are_named(nyu, tmp_path):
     savemat(root / "bad_split.mat", {"trainNdxs": np.array([[99]]), "testNdxs": np.array([[1]])})
     with pytest.raises(DataError, match="outside the 5 frames"):
         NYUDepthV2Dataset(mat, "train", classes="894", splits_file=root / "bad_split.mat")
+
+
+def test_nyu_datamodule_batches_with_augmentation_and_class_names(nyu):
+    from tasks.datamodules.dense import NYUDepthV2DataModule
+
+    root = nyu[0]
+    dm = NYUDepthV2DataModule(str(root), batch_size=2, mapping_file="classMapping40.mat", classes="13",
+                              image_size=(12, 16), crop_size=(10, 14))
+    dm.setup("fit")
+    assert len(dm.train_set) == 3 and len(dm.val_set) == 2 and dm.class_names == list(NYU13_CLASSES)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 10, 14) and batch["depth"].shape == (2, 10, 14)
+    assert batch["normals"].shape == (2, 3, 10, 14) and batch["semantic"].shape == (2, 10, 14)
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].shape == (2, 3, 12, 16) and val["name"] == ["nyu_0002", "nyu_0005"]
