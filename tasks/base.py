@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ class CheckpointError(ValueError):
     """A checkpoint that does not belong to the task (or class count) it is loaded into."""
 
 
-class BaseTask(pl.LightningModule):
+class BaseTask(pl.LightningModule, ABC):
     #: the metric the default checkpoint callback and the plateau schedule follow
     monitor: str = "val/loss"
     monitor_mode: Literal["min", "max"] = "min"
@@ -123,15 +124,17 @@ class BaseTask(pl.LightningModule):
     def metrics_for(self, stage: str):
         return self.metrics[f"{stage}_metrics"]
 
+    @abstractmethod
     def make_metrics(self):
         """The task's ``torchmetrics.MetricCollection`` (cloned once per stage)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement make_metrics")
 
+    @abstractmethod
     def compute_loss(self, batch: Any, stage: str) -> tuple[torch.Tensor, Any]:
-        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
+        """The batch's loss and the outputs ``update_metrics`` needs."""
 
+    @abstractmethod
     def update_metrics(self, stage: str, outputs: Any, batch: Any) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement update_metrics")
+        """Update ``self.metrics_for(stage)`` with one batch."""
 
     def batch_size_of(self, batch: Any) -> int:
         return len(batch["image"]) if isinstance(batch, dict) else len(batch[0])

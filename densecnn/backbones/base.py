@@ -11,6 +11,7 @@ works with any task.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ class FeatureInfo:
         return getattr(self, key)
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, ABC):
     """Base class: subclasses fill ``feature_info`` and implement ``forward_features``/``forward_head``."""
 
     feature_info: list[FeatureInfo]
@@ -37,12 +38,13 @@ class Backbone(nn.Module):
     # when a checkpoint was trained for another number of classes.
     classifier_name: str = "fc"
 
+    @abstractmethod
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} must implement forward_features")
+        """The multi-scale feature maps, shallow to deep, one per ``feature_info`` entry."""
 
+    @abstractmethod
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """From the deepest feature map to logits (or pooled features when ``num_classes == 0``)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement forward_head")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x)[-1])
