@@ -52,6 +52,17 @@ class DetectionTask(BaseTask):
     def detect(self, images: torch.Tensor, batch: dict) -> list[dict[str, torch.Tensor]]:
         raise NotImplementedError(f"{type(self).__name__} must implement detect")
 
+    def freeze_unused_backbone(self, indices: Sequence[int]) -> list[str]:
+        """Freeze backbone parameters the detector never uses (see ``freeze_unused_parameters``), probing
+        with an image of the backbone's input size."""
+        from densecnn.backbones import get_entry
+        from densecnn.heads.detection import freeze_unused_parameters
+
+        h = self.hparams
+        entry = get_entry(h.backbone)
+        in_chans = int((h.backbone_kwargs or {}).get("in_chans", entry.input_size[0]))
+        return freeze_unused_parameters(self.backbone, indices, in_chans, int(entry.input_size[-1]))
+
     # ---- classes -----------------------------------------------------------------------------------------
     @property
     def class_names(self) -> list[str]:

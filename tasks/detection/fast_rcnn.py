@@ -67,6 +67,7 @@ class FastRCNNTask(DetectionTask):
         if h.frozen_bn:
             freeze_batchnorm(self.backbone)
         set_trainable_stages(self.backbone, h.trainable_stages)
+        self.freeze_unused_backbone([h.feature_index])
         info = self.backbone.feature_info[h.feature_index]
         self.spatial_scale = 1.0 / info.reduction
         self.box_head = RoIBoxHead(info.num_chs, h.roi_size, h.num_classes, h.hidden_dim, h.dropout)

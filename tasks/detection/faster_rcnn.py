@@ -104,6 +104,7 @@ class FasterRCNNTask(DetectionTask):
             levels = min(h.fpn_levels, n)
             features = BackboneFeatures(body, indices=list(range(n - levels, n)), fpn=True,
                                         fpn_channels=h.fpn_channels)
+            self.freeze_unused_backbone(features.indices)
             if len(sizes) != len(features.names):
                 raise ValueError(f"model.init_args.anchor_sizes: with fpn, one size per pyramid level: "
                                  f"{len(features.names)} (fpn_levels + 1), got {list(sizes)}")
@@ -115,6 +116,7 @@ class FasterRCNNTask(DetectionTask):
             if len(body.feature_info) < 2:
                 raise ValueError(f"backbone {h.backbone!r} has one feature map; use box_head: mlp")
             features = BackboneFeatures(body, indices=[-2])
+            self.freeze_unused_backbone([-2, -1])  # the last stage runs in the box head
             last = body.feature_info[-1]
             head = LastStageBoxHead(body.get_submodule(last.module), last.num_chs)
             anchors = AnchorGenerator((sizes,), (ratios,))
@@ -122,6 +124,7 @@ class FasterRCNNTask(DetectionTask):
             representation = last.num_chs
         elif h.box_head == "mlp":
             features = BackboneFeatures(body, indices=[h.feature_index])
+            self.freeze_unused_backbone([h.feature_index])
             anchors = AnchorGenerator((sizes,), (ratios,))
             pooler = MultiScaleRoIAlign(features.names, output_size=7, sampling_ratio=2)
             head = TwoMLPHead(features.out_channels * 7 * 7, h.mlp_dim)

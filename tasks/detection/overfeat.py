@@ -74,6 +74,7 @@ class OverFeatTask(DetectionTask):
         if h.frozen_bn:
             freeze_batchnorm(self.backbone)
         set_trainable_stages(self.backbone, h.trainable_stages)
+        self.freeze_unused_backbone([h.feature_index])
         entry = get_entry(h.backbone)
         self.window = int(h.window or entry.input_size[-1])
         in_chans = int((h.backbone_kwargs or {}).get("in_chans", entry.input_size[0]))

@@ -130,8 +130,8 @@ def test_train_pipeline_keeps_boxes_on_their_objects():
 
 
 def test_synthetic_generator_is_deterministic_with_empty_images(tmp_path):
-    a = write_detection_dataset(tmp_path / "a", image_size=64, splits={"train": 50})
-    b = write_detection_dataset(tmp_path / "b", image_size=64, splits={"train": 50})
+    a = write_detection_dataset(tmp_path / "a", image_size=48, splits={"train": 24}, empty_fraction=0.3)
+    b = write_detection_dataset(tmp_path / "b", image_size=48, splits={"train": 24}, empty_fraction=0.3)
     ann_a = json.loads((a / "annotations" / "instances_train.json").read_text())
     assert ann_a == json.loads((b / "annotations" / "instances_train.json").read_text())
     assert (a / "train" / "000001.png").read_bytes() == (b / "train" / "000001.png").read_bytes()

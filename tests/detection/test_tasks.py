@@ -66,10 +66,11 @@ def test_faster_rcnn_options():
     assert task.detector.roi_heads.box_head.stage is task.backbone.layer4
     task.eval()
     with torch.no_grad():
-        out = task.detect(torch.randn(1, 3, 128, 128), {})
+        out = task.detect(torch.randn(1, 3, 96, 96), {})
     assert set(out[0]) == {"boxes", "scores", "labels"}
-    fpn = FasterRCNNTask(backbone="resnet18", num_classes=2, fpn=True, anchor_sizes=[16, 32, 64, 128, 256])
-    batch = {"image": torch.randn(2, 3, 128, 128),
+    fpn = FasterRCNNTask(backbone="resnet18", backbone_kwargs={"widths": [16, 32, 64, 128]}, num_classes=2,
+                         fpn=True, fpn_channels=32, mlp_dim=64, anchor_sizes=[16, 32, 64, 128, 256])
+    batch = {"image": torch.randn(2, 3, 96, 96),
              "target": [{"boxes": torch.tensor([[10., 10, 60, 70]]), "labels": torch.tensor([1])},
                         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]}
     losses = fpn.training_losses(batch)

@@ -96,3 +96,24 @@ class LastStageBoxHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.stage(pooled).mean(dim=(2, 3)), 1)
+
+
+def freeze_unused_parameters(backbone: nn.Module, indices: Sequence[int], in_chans: int, size: int) -> list[str]:
+    """Stop training the backbone parameters that no feature map at ``indices`` depends on (a classifier
+    the detector does not use, stages past the map it reads), found with one probe pass of a
+    ``size`` x ``size`` image. Returns their names. Besides not training dead weights, this keeps DDP's
+    gradient reducer from waiting for parameters that never receive a gradient."""
+    was_training = backbone.training
+    backbone.eval()
+    named = [(name, p) for name, p in backbone.named_parameters() if p.requires_grad]
+    with torch.enable_grad():
+        maps = backbone.forward_features(torch.zeros(1, in_chans, size, size))
+        total = sum(maps[i].float().sum() for i in indices)
+        grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True) if named else []
+    backbone.train(was_training)
+    unused = []
+    for (name, p), grad in zip(named, grads):
+        if grad is None:
+            p.requires_grad_(False)
+            unused.append(name)
+    return unused
