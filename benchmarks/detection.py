@@ -63,10 +63,14 @@ def overfeat_benchmark(image_size: int, num_classes: int = 20) -> dict:
 
 
 def rcnn_vs_fast_rcnn(backbone: str, image_size: int, proposals: int, images: int, num_classes: int = 20) -> dict:
+    from densecnn.backbones import get_entry
+
+    context = max(1, round(16 * get_entry(backbone).input_size[-1] / 227))  # the paper's 16 px at 227 px
     torch.manual_seed(0)
     fast = FastRCNNTask(backbone=backbone, num_classes=num_classes, roi_op="pool", roi_size=7, hidden_dim=1024,
                         score_thresh=0.0).eval()
-    slow = RCNNTask(backbone=backbone, num_classes=num_classes, score_thresh=0.0, crop_batch_size=250).eval()
+    slow = RCNNTask(backbone=backbone, num_classes=num_classes, score_thresh=0.0, crop_batch_size=250,
+                    context=context).eval()
     batch_images = torch.randn(images, 3, image_size, image_size)
     xy = torch.rand(images, proposals, 2) * image_size * 0.8
     wh = torch.rand(images, proposals, 2) * image_size * 0.5 + 8
@@ -92,24 +96,29 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--proposals", type=int, default=2000)
     parser.add_argument("--images", type=int, default=1)
+    parser.add_argument("--only", choices=("overfeat", "rcnn"), default=None, help="run one of the two comparisons")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    overfeat = overfeat_benchmark(args.overfeat_image_size)
-    print(f"[1] OverFeat, {overfeat['windows']} windows of {overfeat['window_px']} px (stride "
-          f"{overfeat['stride_px']}) on a {overfeat['image_size']} px image: naive crop loop "
-          f"{overfeat['naive_s']:.3f} s, convolutional {overfeat['convolutional_s']:.4f} s -> "
-          f"{overfeat['speedup']:.0f}x; identical scores: {overfeat['identical_scores']} "
-          f"(max |diff| {overfeat['max_abs_diff']:.1e})", flush=True)
-    family = rcnn_vs_fast_rcnn(args.backbone, args.image_size, args.proposals, args.images)
-    print(f"[2] {family['backbone']}, {family['proposals_per_image']} proposals per {family['image_size']} px "
-          f"image: R-CNN {family['rcnn_s_per_image']:.2f} s/image (crops of {family['rcnn_crop_px']} px), "
-          f"Fast R-CNN {family['fast_rcnn_s_per_image']:.3f} s/image -> {family['speedup']:.0f}x", flush=True)
+    figures = {}
+    if args.only in (None, "overfeat"):
+        figures["overfeat"] = overfeat = overfeat_benchmark(args.overfeat_image_size)
+        print(f"[1] OverFeat, {overfeat['windows']} windows of {overfeat['window_px']} px (stride "
+              f"{overfeat['stride_px']}) on a {overfeat['image_size']} px image: naive crop loop "
+              f"{overfeat['naive_s']:.3f} s, convolutional {overfeat['convolutional_s']:.4f} s -> "
+              f"{overfeat['speedup']:.0f}x; identical scores: {overfeat['identical_scores']} "
+              f"(max |diff| {overfeat['max_abs_diff']:.1e})", flush=True)
+    if args.only in (None, "rcnn"):
+        figures["rcnn_vs_fast_rcnn"] = family = rcnn_vs_fast_rcnn(args.backbone, args.image_size, args.proposals,
+                                                                  args.images)
+        print(f"[2] {family['backbone']}, {family['proposals_per_image']} proposals per {family['image_size']} "
+              f"px image: R-CNN {family['rcnn_s_per_image']:.2f} s/image (crops of {family['rcnn_crop_px']} px), "
+              f"Fast R-CNN {family['fast_rcnn_s_per_image']:.3f} s/image -> {family['speedup']:.0f}x", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"overfeat": overfeat, "rcnn_vs_fast_rcnn": family}, f, indent=2)
+            json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ replaced by the split's name; format in ``densecnn.data.detection.load_proposals
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +26,7 @@ from .base import BaseDataModule
 SELECTIVE_SEARCH = "selective_search"
 
 
-class DetectionDataModule(BaseDataModule):
+class DetectionDataModule(BaseDataModule, ABC):
     """What the COCO and VOC DataModules share: pipelines, proposals, loaders. Subclasses implement
     ``read_split(split) -> list[DetectionRecord]`` and set ``class_names`` (and ``category_ids``)."""
 
@@ -53,8 +54,9 @@ class DetectionDataModule(BaseDataModule):
         self.category_ids: list[int] = []
 
     # ---- subclasses ---------------------------------------------------------------------------------------
+    @abstractmethod
     def read_split(self, split: str) -> list[DetectionRecord]:
-        raise NotImplementedError(f"{type(self).__name__} must implement read_split")
+        """The records of split ``split`` (labels indexed by ``class_names``)."""
 
     def split_exists(self, split: str) -> bool:
         return True

@@ -8,6 +8,7 @@ A detector implements ``training_losses(batch) -> dict`` and ``detect(images, ba
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,11 +47,13 @@ class DetectionTask(BaseTask):
         super().__init__(backbone=backbone, weights=weights, **kwargs)
 
     # ---- what a detector provides ------------------------------------------------------------------------
+    @abstractmethod
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} must implement training_losses")
+        """The detector's named training losses on one batch (they are summed)."""
 
+    @abstractmethod
     def detect(self, images: torch.Tensor, batch: dict) -> list[dict[str, torch.Tensor]]:
-        raise NotImplementedError(f"{type(self).__name__} must implement detect")
+        """Per image ``{"boxes"`` (xyxy, network-input pixels), ``"scores", "labels"}`` (labels 1..K)."""
 
     def freeze_unused_backbone(self, indices: Sequence[int]) -> list[str]:
         """Freeze backbone parameters the detector never uses (see ``freeze_unused_parameters``), probing
