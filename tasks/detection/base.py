@@ -27,6 +27,8 @@ from ..base import BaseTask
 class DetectionTask(BaseTask):
     monitor = "val/map_50"
     monitor_mode = "max"
+    #: R-CNN and Fast R-CNN classify region proposals that come with the batch
+    needs_proposals: bool = False
 
     def __init__(self, backbone: str = "resnet18", num_classes: int = 20, weights: str | None = None,
                  class_names: list[str] | None = None, category_ids: list[int] | None = None,
@@ -165,13 +167,21 @@ class DetectionTask(BaseTask):
         return [{k: v.detach().cpu() for k, v in d.items()}
                 for d in self.to_original(self.detect(batch["image"], batch), batch)]
 
-    def predict_image(self, image: np.ndarray, transform) -> dict[str, torch.Tensor]:
+    def predict_image(self, image: np.ndarray, transform, proposals: np.ndarray | None = None
+                      ) -> dict[str, torch.Tensor]:
         """Detect objects in one HxWx3 uint8 image with the data's evaluation pipeline (``datamodule.
-        eval_transform``); boxes come back in the image's pixels. For notebooks."""
-        out = transform(image=image, bboxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
-                        iscrowd=np.zeros(0, np.int64))
+        eval_transform``); boxes come back in the image's pixels. Proposal-based detectors use
+        ``proposals`` (xyxy, image pixels) or run selective search on the image. For notebooks."""
+        regions = np.zeros((0, 4), np.float32)
+        if self.needs_proposals:
+            from densecnn.data.detection import selective_search
+
+            regions = selective_search(image) if proposals is None else np.asarray(proposals, np.float32).reshape(-1, 4)
+        out = transform(image=image, bboxes=regions, labels=np.zeros(len(regions), np.int64),
+                        iscrowd=np.zeros(len(regions), np.int64))
         tensor = out["image"].unsqueeze(0).to(self.device)
-        batch = {"image": tensor, "scale": torch.tensor([max(tensor.shape[-2:]) / max(image.shape[:2])])}
+        batch = {"image": tensor, "scale": torch.tensor([max(tensor.shape[-2:]) / max(image.shape[:2])]),
+                 "proposals": [torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4))]}
         was_training = self.training
         self.eval()
         with torch.no_grad():

@@ -28,6 +28,8 @@ def proposals_of(batch: dict) -> list[torch.Tensor]:
 
 
 class FastRCNNTask(DetectionTask):
+    needs_proposals = True
+
     def __init__(
         self,
         backbone: str = "vgg16",

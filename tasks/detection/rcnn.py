@@ -32,6 +32,8 @@ from .fast_rcnn import proposals_of
 
 
 class RCNNTask(DetectionTask):
+    needs_proposals = True
+
     def __init__(
         self,
         backbone: str = "alexnet",

@@ -117,3 +117,27 @@ def test_overfeat_dense_scores_equal_cropped_windows():
     assert (rows, cols) == ((56 - 32) // 4 + 1, (64 - 32) // 4 + 1)
     torch.testing.assert_close(crop_logits, logits[0].flatten(1).T, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(crop_deltas, deltas[0].flatten(1).T, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_image_for_notebooks(coco_root):
+    """``predict_image`` on a raw image, with selective search for a proposal-based detector."""
+    from densecnn.data import read_rgb
+    from densecnn.data.detection import build_detection_pipeline
+    from tasks import FastRCNNTask
+
+    task = FastRCNNTask(backbone="lenet5", backbone_kwargs={"in_chans": 3}, num_classes=3, feature_index=1,
+                        roi_op="align", hidden_dim=32, score_thresh=0.0)
+    image = read_rgb(next((coco_root / "test").glob("*.png")))
+    out = task.predict_image(image, build_detection_pipeline(192, train=False))  # enlarged x2, mapped back
+    assert set(out) == {"boxes", "scores", "labels"} and len(out["boxes"]) > 0
+    assert out["boxes"][:, 2].max() <= image.shape[1] + 1e-3 and out["boxes"][:, 3].max() <= image.shape[0] + 1e-3
+
+
+def test_selective_search_names_the_missing_package(monkeypatch):
+    import cv2
+
+    from densecnn.data.detection import selective_search
+
+    monkeypatch.delattr(cv2, "ximgproc")
+    with pytest.raises(ImportError, match="opencv-contrib-python-headless"):
+        selective_search(torch.zeros(8, 8, 3, dtype=torch.uint8).numpy())
