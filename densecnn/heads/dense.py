@@ -13,11 +13,12 @@ Convolutional Architecture", Section 3 and Fig. 1; S3 L4248-4382 in shared/seeds
 
 Sources, since the seeds give channel labels only (S3 L4248-4300: "96 256 384 384 256 4096", scale 2
 "64 128 64 64", scale 3 "63 64 64 64" and, for the multi-task figure, "64 64+C 64 64"; input 320x240,
-output 147x109): kernel sizes, strides, the 9x9/96 first layer of scale 2, the 1/16 19x14x64 output of
-scale 1 and the number of 5x5 layers follow the paper's architecture table and the authors' released
-depth+normals VGG model (scale-2 stack conv_s2_2..conv_s2_5, scale-3 stack conv_s3_2..conv_s3_4, 9x9/2 valid
-convolutions padded by one pixel, max-pools 3x3/2 and 3x3/1). The slides' older figure uses 64 instead of
-96 at scale 2 and 63+1 at scale 3; both are a ``scale*_image_channels`` argument away.
+output 147x109): kernel sizes, strides, the 9x9/96 first layer of scale 2 and the 1/16 19x14x64 output of
+scale 1 follow the paper's architecture table as we know it; the number of 5x5 layers and the padding follow
+the layer structure of the authors' released depth+normals VGG model as third-party ports load it (scale-2
+stack conv_s2_2..conv_s2_5, scale-3 stack conv_s3_2..conv_s3_4, 9x9/2 convolutions padded by one pixel,
+max-pools 3x3/2 and 3x3/1), which reproduces the 74x55 and 147x109 maps exactly. The slides' older figure
+uses 64 instead of 96 at scale 2 and 63+1 at scale 3; both are a ``scale*_image_channels`` argument away.
 
 Targets share scale 1 and the first (image) layer of scales 2 and 3; each target has its own 5x5 stacks, as
 in the released depth+normals model. Scale 3 sees every target's scale-2 prediction. Normals are L2-normalised
