@@ -34,7 +34,7 @@ from densecnn.backbones.inflate import FrameAveraged
 from densecnn.data import DataError
 from densecnn.viz import BAD, GOOD, image_grid, save_png, to_uint8_images
 
-from .base import STAGES, BaseTask
+from .base import BaseTask
 
 PROBE_LOSSES = ("hinge", "cross_entropy")
 
@@ -100,6 +100,7 @@ class VideoClassificationTask(BaseTask):
         if h.feature_protocol:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
+            self.backbone.eval()
             self.probe = nn.Linear(self._descriptor_width(), h.num_classes)
 
     def _descriptor_width(self) -> int:
@@ -140,11 +141,10 @@ class VideoClassificationTask(BaseTask):
                                 compute_groups=False)
 
     def configure_metrics(self) -> None:
-        collections = {}
-        for stage in STAGES:
-            metrics = self._accuracies("clip") if stage == "train" else self.make_metrics()
-            collections[f"{stage}_metrics"] = MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
-        self.metrics = nn.ModuleDict(collections)
+        super().configure_metrics()
+        # training sees one random clip per video: clip accuracy only
+        self.metrics["train_metrics"] = MetricCollection(self._accuracies("clip"), prefix="train/",
+                                                         compute_groups=False)
         self.monitor = f"val/video_acc1{self.video_metric_suffix()}"
 
     def _sync_with_data(self) -> None:

@@ -7,7 +7,9 @@ Classes come in time-reversed pairs: ``move_left``/``move_right``, ``rotate_cw``
   uniform over the frame in every frame;
 * the angle is uniform, and the size is log-uniform in [r_min, r_max]; growing and shrinking wrap around
   that range (a sawtooth), so the size of any one frame is log-uniform as well;
-* shape, colours, background texture and the attributes that do not move are random per video.
+* shape, colours, background texture and the attributes that do not move are random per video (the shape
+  is always the brighter of the two colours: with both contrast polarities, learning motion from scratch
+  takes far longer, and polarity says nothing about the class).
 
 So no single frame tells the class, and a set of frames without their order cannot tell a class from its
 time-reversed partner: a model must see motion (Tran et al.'s argument for 3D convolutions; the
@@ -36,9 +38,9 @@ VIDEO_CLASSES = ("move_left", "move_right", "rotate_cw", "rotate_ccw", "grow", "
 VIDEO_SHAPES = ("square", "triangle", "cross", "bars")
 DEFAULT_VIDEOS = {"train": 24, "test": 8}  # per class
 _SUPERSAMPLE = 3
-_ANGLE_STEP = math.radians(12.0)  # per frame
-_SPEED = 0.045  # of the frame width per frame
-_SIZE_CYCLE = 20  # frames for one growth cycle r_min -> r_max
+_ANGLE_STEP = math.radians(20.0)  # per frame
+_SPEED = 0.1  # of the frame width per frame
+_SIZE_CYCLE = 12  # frames for one growth cycle r_min -> r_max
 _R_MIN, _R_MAX = 0.12, 0.30  # of the frame height
 
 
@@ -65,9 +67,15 @@ def motion_parameters(rng: np.random.Generator, class_name: str, num_frames: int
     return {"x": x, "y": y, "angle": angle, "radius": radius}
 
 
+def _luma(colour: np.ndarray) -> float:
+    return float(np.dot([0.299, 0.587, 0.114], colour))
+
+
 def render_video(rng: np.random.Generator, class_name: str, num_frames: int, height: int, width: int) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of one video."""
     bg, fg = contrasting_colours(rng)
+    if _luma(fg) < _luma(bg):  # a bright shape on a darker scene: one contrast polarity for every video
+        bg, fg = fg.astype(np.float64), bg.astype(np.uint8)
     shape = VIDEO_SHAPES[rng.integers(len(VIDEO_SHAPES))]
     s = _SUPERSAMPLE
     background = Image.fromarray(textured_background(rng, height * s, width * s, bg))

@@ -1,0 +1,108 @@
+"""Video pipeline throughput: decoding + augmentation clips/s with 0, 1 and 2 DataLoader workers, and C3D
+forward clips/s (CPU float32; on a GPU also bf16 autocast, to set against the paper's 313 fps claim).
+
+    python benchmarks/video.py                  # writes a small synthetic dataset to a temp folder
+    python benchmarks/video.py --root data/UCF101 --resize 128 171 --crop 112
+
+Throughput is measured side by side in one process, so the figures compare with each other; absolute numbers
+depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from densecnn import create_backbone
+from densecnn.data.synthetic.video import write_video_dataset
+from densecnn.data.video import FrameStore, VideoClipDataset, video_splits
+from tasks.datamodules.video import video_pipeline
+
+
+def loader_clips_per_second(dataset, workers: int, batch_size: int, batches: int) -> float:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                        persistent_workers=False, generator=torch.Generator().manual_seed(0))
+    it = iter(loader)
+    next(it)  # worker start-up and first decode are not throughput
+    start, clips = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            clips += len(next(it)["video"])
+        except StopIteration:
+            it = iter(loader)
+    return clips / (time.perf_counter() - start)
+
+
+def model_clips_per_second(model, clip_shape, batch_size: int, rounds: int, device: str, dtype=None) -> float:
+    x = torch.randn(batch_size, *clip_shape, device=device).contiguous(memory_format=torch.channels_last_3d)
+    model = model.to(device).eval().to(memory_format=torch.channels_last_3d)
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+    with torch.no_grad(), autocast:
+        model(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            model(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return rounds * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", help="video folder (default: a synthetic dataset in a temp folder)")
+    parser.add_argument("--clip-len", type=int, default=16)
+    parser.add_argument("--resize", type=int, nargs=2, default=(64, 86))
+    parser.add_argument("--crop", type=int, default=56)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--model-batch", type=int, default=4)
+    parser.add_argument("--model-rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.root) if args.root else write_video_dataset(
+            Path(tmp) / "videos", videos_per_class={"train": 8, "test": 1}, num_frames=48,
+            frame_size=tuple(args.resize))
+        _, splits = video_splits(root)
+        transform = video_pipeline("c3d", crop_size=args.crop, train=True, mean=(0.45,) * 3, std=(0.225,) * 3,
+                                   where="benchmark")
+        dataset = VideoClipDataset(splits["train"], clip_len=args.clip_len, transform=transform,
+                                   frames=FrameStore(tuple(args.resize)))
+        print(f"decode + augment, {len(dataset)} videos, clips of {args.clip_len}x{args.crop}x{args.crop} "
+              f"from frames resized to {args.resize[0]}x{args.resize[1]}:")
+        for workers in (0, 1, 2):
+            rate = loader_clips_per_second(dataset, workers, args.batch_size, args.batches)
+            print(f"  workers={workers}: {rate:7.1f} clips/s")
+        cached = VideoClipDataset(splits["train"], clip_len=args.clip_len, transform=transform,
+                                  frames=FrameStore(tuple(args.resize), cache_dir=Path(tmp) / "cache"))
+        for i in range(len(cached)):
+            cached.frames.load(cached.samples[i][0])  # fill the cache
+        print(f"  workers=0, frames cached on disk: {loader_clips_per_second(cached, 0, args.batch_size, args.batches):7.1f}"
+              " clips/s")
+
+    torch.manual_seed(0)
+    print("C3D forward (no grad, channels_last_3d):")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        configs = [("full C3D, 3x16x112x112", {}, (3, 16, 112, 112)),
+                   ("C3D x1/8 width (quickstart), 3x16x56x56", {"width_mult": 0.125, "batch_norm": True},
+                    (3, 16, 56, 56))]
+        for label, kwargs, shape in configs:
+            model = create_backbone("c3d", num_classes=101, input_size=shape, **kwargs)
+            dtypes = [None] + ([torch.bfloat16] if device == "cuda" else [])
+            for dtype in dtypes:
+                batch = args.model_batch if device == "cpu" else 64
+                rate = model_clips_per_second(model, shape, batch, args.model_rounds if device == "cpu" else 20,
+                                              device, dtype)
+                precision = "bf16" if dtype is not None else "fp32"
+                print(f"  {device} {precision} {label}: {rate:8.1f} clips/s ({rate * shape[1]:9.1f} frames/s)")
+
+
+if __name__ == "__main__":
+    main()
