@@ -135,9 +135,10 @@ class DetectionTask(BaseTask):
 
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = self.metrics_for(stage)
-        if self.trainer.sanity_checking or not any(m.update_count for m in metrics.values()):
+        if self.trainer.sanity_checking:
             metrics.reset()
             return
+        # every rank computes (a collective under DDP), even one that saw no image
         values = DetectionMetrics.scalars(metrics.compute())  # synced across DDP ranks by torchmetrics
         metrics.reset()
         self.log_dict(values, prog_bar=stage == "val", sync_dist=False)
