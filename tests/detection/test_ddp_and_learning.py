@@ -47,7 +47,7 @@ LEARNING = {
     "overfeat": (12, 0.05),
     "rcnn": (12, 0.15),
     "fast_rcnn": (12, 0.25),
-    "faster_rcnn": (12, 0.08),
+    "faster_rcnn": (8, 0.05),
 }
 
 
@@ -60,7 +60,8 @@ def test_detector_learns_the_shapes(name, tmp_path):
     root = write_detection_dataset(tmp_path / "data", image_size=96, splits={"train": 120, "val": 30})
     run_dir = tmp_path / "run"
     fit = run_fresh(["-m", "densecnn", "fit", *detection_args(name, root, run_dir, "--data.init_args.batch_size", "8",
-                                                             "--trainer.max_epochs", str(epochs))])
+                                                             "--trainer.max_epochs", str(epochs))],
+                    timeout=1800)
     assert fit.returncode == 0, fit.stderr[-3000:]
     validate = run_fresh(["-m", "densecnn", "validate", *detection_args(name, root, tmp_path / "val"),
                           "--ckpt_path", str(next(run_dir.rglob("last.ckpt")))])
