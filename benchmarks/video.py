@@ -91,8 +91,8 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         configs = [("full C3D, 3x16x112x112", {}, (3, 16, 112, 112)),
-                   ("C3D x1/8 width (quickstart), 3x16x56x56", {"width_mult": 0.125, "batch_norm": True},
-                    (3, 16, 56, 56))]
+                   ("C3D x1/4 width + BN (quickstart), 3x8x32x32", {"width_mult": 0.25, "batch_norm": True},
+                    (3, 8, 32, 32))]
         for label, kwargs, shape in configs:
             model = create_backbone("c3d", num_classes=101, input_size=shape, **kwargs)
             dtypes = [None] + ([torch.bfloat16] if device == "cuda" else [])
