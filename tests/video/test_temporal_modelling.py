@@ -27,9 +27,9 @@ def _train_and_test(root, run_dir, *extra: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="not reached yet: with the quickstart's CPU budget (20 epochs, 288 "
-                   "videos) C3D x1/4 plateaued at ~0.33 video accuracy (per-frame 2D: 0.15-0.22); the motion "
-                   "classes need a longer schedule or an easier synthetic setting (see the issue report)")
+@pytest.mark.xfail(strict=False, reason="target not reached yet: in 20 epochs on 288 videos the quickstart's "
+                   "C3D x1/4 plateaus at 0.33 video accuracy, predicting only grow/move_left (the per-frame 2D "
+                   "model: 0.15-0.22, i.e. chance); it needs a longer schedule or an easier synthetic setting")
 def test_c3d_learns_motion_that_a_per_frame_2d_model_cannot_see(tmp_path):
     root = write_video_dataset(tmp_path / "data", videos_per_class={"train": 48, "test": 12}, num_frames=24,
                                frame_size=(32, 44))
