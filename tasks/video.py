@@ -168,23 +168,9 @@ class VideoClassificationTask(BaseTask):
         self._sync_with_data()  # before BaseTask creates the checkpoint callback that monitors self.monitor
         return super().configure_callbacks()
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)])
-
     def setup(self, stage: str) -> None:
         self._sync_with_data()
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(datamodule, "class_names", None)
-        if not names:
-            return
-        if len(names) != self.hparams.num_classes:
-            raise DataError(f"model.init_args.num_classes is {self.hparams.num_classes} but the data at "
-                            f"{getattr(datamodule, 'root', '?')} has {len(names)} classes: {list(names)[:10]}")
-        if self.hparams.class_names and list(self.hparams.class_names) != list(names):
-            raise DataError(f"the data's classes {list(names)[:10]} differ from the model's "
-                            f"{list(self.hparams.class_names)[:10]}: labels would mean different things")
-        self.hparams.class_names = list(names)
+        self.sync_class_names()
 
     # ---- forward passes ----------------------------------------------------------------------------------
     def clip_descriptors(self, clips: torch.Tensor) -> torch.Tensor:

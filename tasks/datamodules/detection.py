@@ -122,18 +122,6 @@ class DetectionDataModule(BaseDataModule, ABC):
     def read_classes(self) -> None:
         """Fill ``class_names`` and ``category_ids`` (from the training split)."""
 
-    def train_dataloader(self):
-        return self.train_loader(self.train_set)
-
-    def val_dataloader(self):
-        return self.eval_loader(self.val_set)
-
-    def test_dataloader(self):
-        return self.eval_loader(self.test_set)
-
-    def predict_dataloader(self):
-        return self.eval_loader(self.predict_set)
-
 
 class CocoDetectionDataModule(DetectionDataModule):
     """COCO-format data: ``root/<annotation_file>`` and images in ``root/<image_dir>`` (``{split}`` in both is

@@ -167,15 +167,3 @@ class VideoFolderDataModule(BaseDataModule):
         if not videos:
             raise DataError(f"{self.predict_root}: no videos to predict on ({', '.join(VIDEO_SUFFIXES)})")
         return [(p, -1) for p in videos]
-
-    def train_dataloader(self):
-        return self.train_loader(self.train_set)
-
-    def val_dataloader(self):
-        return self.eval_loader(self.val_set)
-
-    def test_dataloader(self):
-        return self.eval_loader(self.test_set)
-
-    def predict_dataloader(self):
-        return self.eval_loader(self.predict_set)

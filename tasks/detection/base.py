@@ -78,18 +78,10 @@ class DetectionTask(BaseTask):
         return list(self.hparams.category_ids or range(1, self.hparams.num_classes + 1))
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = self.sync_class_names()
         names = getattr(datamodule, "class_names", None)
-        if not names:
-            return
-        if len(names) != self.hparams.num_classes:
-            raise DataError(f"model.init_args.num_classes is {self.hparams.num_classes} but the data at "
-                            f"{getattr(datamodule, 'root', '?')} has {len(names)} classes: {list(names)}")
-        if self.hparams.class_names and list(self.hparams.class_names) != list(names):
-            raise DataError(f"the data's classes {list(names)} differ from the model's "
-                            f"{list(self.hparams.class_names)}: labels would mean different things")
-        self.hparams.class_names = list(names)
-        self.hparams.category_ids = list(getattr(datamodule, "category_ids", None) or range(1, len(names) + 1))
+        if names:
+            self.hparams.category_ids = list(getattr(datamodule, "category_ids", None) or range(1, len(names) + 1))
 
     # ---- metrics -----------------------------------------------------------------------------------------
     def configure_metrics(self) -> None:
