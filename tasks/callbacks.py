@@ -93,7 +93,7 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Resolved once, on every rank together: Trainer.log_dir is a collective, and ranks may see different
         # numbers of batches, so it must not be called per batch.
-        self._out = Path(self.output_dir or Path(trainer.log_dir) / "predictions")
+        self._out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
         self._out.mkdir(parents=True, exist_ok=True)
         self._records = []
 

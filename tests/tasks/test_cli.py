@@ -135,3 +135,10 @@ def test_help_and_print_config_work_from_the_command_line():
                         "--print_config"], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "class_path: tasks.ClassificationTask" in result.stdout and "backbone: cifar_resnet20" in result.stdout
+
+
+def test_predict_without_a_logger_writes_under_the_root_dir(trained_run, classification_root, tmp_path):
+    _, _, best = trained_run
+    cli(["predict", *classification_args(classification_root, tmp_path), "--ckpt_path", str(best),
+         "--trainer.logger", "false"])
+    assert (tmp_path / "predictions" / "predictions.csv").is_file()
