@@ -27,9 +27,6 @@ def _train_and_test(root, run_dir, *extra: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="not yet verified in this in-process run: with the quickstart's lr 1e-3 + "
-                   "cosine over 30 epochs, `python -m densecnn fit/test` reached 0.81 test video accuracy (0.33 "
-                   "with the former lr 3e-3), borderline for the 0.8 target; the per-frame 2D model stays at chance")
 def test_c3d_learns_motion_that_a_per_frame_2d_model_cannot_see(tmp_path):
     root = write_video_dataset(tmp_path / "data", videos_per_class={"train": 48, "test": 12}, num_frames=24,
                                frame_size=(32, 44))
