@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -374,7 +375,32 @@ def read_class_names(root: str | os.PathLike) -> list[str] | None:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-class DenseFolderDataset(Dataset):
+class DenseSampleDataset(Dataset, ABC):
+    """What every dense dataset shares: ``load(index) -> DenseSample``, the joint ``transform``, conversion to
+    tensors, and the sample's name and path (``sample_id``) for prediction files and error messages."""
+
+    transform = None
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+
+    @abstractmethod
+    def load(self, index: int) -> DenseSample:
+        """The raw (untransformed) sample."""
+
+    @abstractmethod
+    def sample_id(self, index: int) -> tuple[str, str]:
+        """(name, path) of the sample."""
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.load(index)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        out = sample_to_tensors(sample, self.mean, self.std)
+        out["name"], out["path"] = self.sample_id(index)
+        return out
+
+
+class DenseFolderDataset(DenseSampleDataset):
     """Samples of ``split_dir/{rgb,depth,normals,labels}/<name>.png`` as
     ``{"image", "depth", "normals", "semantic", "name", "path"}`` (the maps the folder has).
 
@@ -444,11 +470,5 @@ class DenseFolderDataset(Dataset):
                 sample.depth = None
         return sample
 
-    def __getitem__(self, index: int) -> dict:
-        sample = self.load(index)
-        if self.transform is not None:
-            sample = self.transform(sample)
-        out = sample_to_tensors(sample, self.mean, self.std)
-        out["name"] = self.rgb_paths[index].stem
-        out["path"] = str(self.rgb_paths[index])
-        return out
+    def sample_id(self, index: int) -> tuple[str, str]:
+        return self.rgb_paths[index].stem, str(self.rgb_paths[index])

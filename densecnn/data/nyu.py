@@ -26,7 +26,7 @@ from typing import Literal, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from .dense import (NYU_INTRINSICS, DenseSample, check_sample, normals_from_depth, sample_to_tensors)
+from .dense import NYU_INTRINSICS, DenseSample, DenseSampleDataset, check_sample, normals_from_depth
 from .image_folder import DataError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -117,7 +117,7 @@ def label_lookup(classes: str, mapping: np.ndarray | None) -> tuple[np.ndarray, 
     return np.where(ids > 0, ids - 1, IGNORE).astype(np.int64), names
 
 
-class NYUDepthV2Dataset(Dataset):
+class NYUDepthV2Dataset(DenseSampleDataset):
     """Frames of the labeled NYU Depth v2 file as ``{"image", "depth", "normals", "semantic", "name", "path"}``.
 
     Args:
@@ -200,11 +200,6 @@ class NYUDepthV2Dataset(Dataset):
             sample.depth = None
         return sample
 
-    def __getitem__(self, index: int) -> dict:
-        sample = self.load(index)
-        if self.transform is not None:
-            sample = self.transform(sample)
-        out = sample_to_tensors(sample, self.mean, self.std)
-        out["name"] = f"nyu_{int(self.indices[index]) + 1:04d}"
-        out["path"] = f"{self.mat_path}#{int(self.indices[index]) + 1}"
-        return out
+    def sample_id(self, index: int) -> tuple[str, str]:
+        frame = int(self.indices[index]) + 1
+        return f"nyu_{frame:04d}", f"{self.mat_path}#{frame}"
