@@ -7,10 +7,13 @@ windows, just one big input window"). An image pyramid (``scales``) covers objec
 class-specific regression outputs of the same head refine each window's box; the windows of all scales
 are merged with per-class NMS (torchvision ``batched_nms``), where OverFeat used its own greedy merging.
 
-Training samples positive and negative windows from the ground truth: jittered copies of each object box
-(IoU >= ``fg_iou`` with it) and random windows, 25% foreground per image, each window cropped and warped
-to ``window`` x ``window``; the loss is the softmax log loss plus smooth L1 on the foreground windows'
-class-specific box deltas.
+Training follows the same path as detection: the pyramid's score maps are computed for the whole image
+and the loss is taken on windows sampled from them, ``windows_per_image`` per image with up to 25%
+foreground (IoU >= ``fg_iou`` with an object, labelled with its class) and the rest background: the
+softmax log loss plus smooth L1 on the foreground windows' class-specific box deltas. With a valid-convolution
+backbone this equals training on each window cropped separately (OverFeat trained on crops), at the cost
+of one pass per scale, and the classifier learns on exactly the windows, scales and positions it scores
+at test time.
 
 Window geometry: score-map position (i, j) at pyramid scale f looks at the input square of side
 ``window`` whose corner is at (j, i) * stride, that is ``window / f`` image pixels at (j, i) * stride / f.
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 
 from densecnn.backbones import get_entry
 from densecnn.heads.detection import (ConvWindowHead, detection_loss, freeze_batchnorm, postprocess_detections,
-                                      sample_rois, set_trainable_stages, warp_regions, window_grid)
+                                      sample_indices, set_trainable_stages, window_grid)
 
 from .base import DetectionTask
 
@@ -45,7 +48,6 @@ class OverFeatTask(DetectionTask):
         windows_per_image: int = 64,
         fg_fraction: float = 0.25,
         fg_iou: float = 0.5,
-        jitter: float = 0.15,
         frozen_bn: bool = False,
         trainable_stages: int | None = None,
         nms_thresh: float = 0.3,
@@ -59,8 +61,8 @@ class OverFeatTask(DetectionTask):
                 feature map must be square.
             scales: the image pyramid, factors applied to the input image (>1 finds smaller objects).
             hidden_dim, dropout: width of the fc6/fc7 convolutions, and their dropout.
-            windows_per_image, fg_fraction, fg_iou: training windows sampled per image, 25% foreground.
-            jitter: positive windows are object boxes shifted and scaled by up to this fraction.
+            windows_per_image, fg_fraction, fg_iou: training windows sampled per image, 25% foreground
+                at IoU >= 0.5, the rest background.
             frozen_bn, trainable_stages: as ``FasterRCNNTask``.
         """
         if not scales or any(s <= 0 for s in scales):
@@ -109,71 +111,48 @@ class OverFeatTask(DetectionTask):
         logits, deltas = self.score_maps(crops)
         return logits.flatten(1), deltas.flatten(1)
 
-    # ---- training ----------------------------------------------------------------------------------------
-    def candidate_windows(self, gt_boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Jittered object boxes (positives) and random windows (mostly negatives) for one image."""
-        h = self.hparams
-        device = gt_boxes.device
-        parts = []
-        if len(gt_boxes):
-            boxes = gt_boxes.repeat(8, 1)
-            w, hh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-            shift = (torch.rand(len(boxes), 2, device=device) * 2 - 1) * h.jitter
-            grow = 1 + (torch.rand(len(boxes), 1, device=device) * 2 - 1) * h.jitter
-            cx = (boxes[:, 0] + boxes[:, 2]) / 2 + shift[:, 0] * w
-            cy = (boxes[:, 1] + boxes[:, 3]) / 2 + shift[:, 1] * hh
-            parts.append(torch.stack([cx - w * grow[:, 0] / 2, cy - hh * grow[:, 0] / 2,
-                                      cx + w * grow[:, 0] / 2, cy + hh * grow[:, 0] / 2], dim=1))
-        count = 4 * h.windows_per_image
-        side = torch.empty(count, device=device).uniform_(0.1, 0.7) * min(height, width)
-        aspect = torch.empty(count, device=device).uniform_(-0.5, 0.5).exp()
-        bw, bh = side * aspect.sqrt(), side / aspect.sqrt()
-        x0 = torch.rand(count, device=device) * (width - bw).clamp(min=1)
-        y0 = torch.rand(count, device=device) * (height - bh).clamp(min=1)
-        parts.append(torch.stack([x0, y0, x0 + bw, y0 + bh], dim=1))
-        return torch.cat(parts)
+    def pyramid_windows(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every window of every pyramid scale, scored in one pass per scale: logits ``(B, N, K + 1)``, deltas
+        ``(B, N, 4K)`` and the ``N`` windows ``(N, 4)`` in the pixels of ``images`` (before scaling)."""
+        logits, deltas, boxes = [], [], []
+        for scale in self.hparams.scales:
+            scaled = images if scale == 1 else F.interpolate(images, scale_factor=float(scale), mode="bilinear",
+                                                             align_corners=False)
+            if min(scaled.shape[-2:]) < self.window:
+                continue  # the image is smaller than one window at this scale
+            scale_logits, scale_deltas = self.score_maps(scaled)
+            rows, cols = scale_logits.shape[-2:]
+            logits.append(scale_logits.flatten(2).transpose(1, 2))
+            deltas.append(scale_deltas.flatten(2).transpose(1, 2))
+            boxes.append(self.window_boxes(rows, cols, float(scale), images.device))
+        if not boxes:
+            raise ValueError(f"images of {tuple(images.shape[-2:])} px are smaller than one {self.window} px window "
+                             f"at every scale of model.init_args.scales={list(self.hparams.scales)}")
+        return torch.cat(logits, dim=1), torch.cat(deltas, dim=1), torch.cat(boxes)
 
+    # ---- training ----------------------------------------------------------------------------------------
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The loss on windows sampled from the same dense score maps ``detect`` uses, so training sees
+        exactly the windows (positions, scales, context) that are scored at test time."""
         h = self.hparams
-        height, width = batch["image"].shape[-2:]
-        windows, labels, targets = [], [], []
-        for target in batch["target"]:
-            candidates = self.candidate_windows(target["boxes"], height, width)
-            w, l, t = sample_rois(candidates, target["boxes"], target["labels"], batch_size=h.windows_per_image,
-                                  fg_fraction=h.fg_fraction, fg_iou=h.fg_iou, bg_iou=(0.0, h.fg_iou))
-            windows.append(w), labels.append(l), targets.append(t)
-        crops = warp_regions(batch["image"], windows, self.window)
-        logits, deltas = self.score_windows(crops)
+        logits, deltas, boxes = self.pyramid_windows(batch["image"])
+        picked_logits, picked_deltas, labels, targets = [], [], [], []
+        for i, target in enumerate(batch["target"]):
+            keep, l, t = sample_indices(boxes, target["boxes"], target["labels"], batch_size=h.windows_per_image,
+                                        fg_fraction=h.fg_fraction, fg_iou=h.fg_iou, bg_iou=(0.0, h.fg_iou))
+            picked_logits.append(logits[i, keep]), picked_deltas.append(deltas[i, keep])
+            labels.append(l), targets.append(t)
+        deltas = torch.cat(picked_deltas)
         deltas = torch.cat([deltas.new_zeros((len(deltas), 4)), deltas], dim=1)  # no box for background
-        cls_loss, box_loss = detection_loss(logits, deltas, torch.cat(labels), torch.cat(targets))
+        cls_loss, box_loss = detection_loss(torch.cat(picked_logits), deltas, torch.cat(labels), torch.cat(targets))
         return {"loss_classifier": cls_loss, "loss_box_reg": box_loss}
 
     # ---- detection ---------------------------------------------------------------------------------------
     def detect(self, images: torch.Tensor, batch: dict) -> list[dict[str, torch.Tensor]]:
         h = self.hparams
-        size = tuple(images.shape[-2:])
-        per_image: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in images]
-        for scale in h.scales:
-            scaled = images if scale == 1 else F.interpolate(images, scale_factor=float(scale), mode="bilinear",
-                                                             align_corners=False)
-            if min(scaled.shape[-2:]) < self.window:
-                continue  # the image is smaller than one window at this scale
-            logits, deltas = self.score_maps(scaled)
-            rows, cols = logits.shape[-2:]
-            boxes = self.window_boxes(rows, cols, float(scale), images.device)
-            for i in range(len(images)):
-                scores = logits[i].flatten(1).T.softmax(dim=1)
-                d = deltas[i].flatten(1).T
-                per_image[i].append((scores, torch.cat([d.new_zeros((len(d), 4)), d], dim=1), boxes))
-        detections = []
-        for parts in per_image:
-            if not parts:
-                empty = images.new_zeros((0,))
-                detections.append({"boxes": images.new_zeros((0, 4)), "scores": empty,
-                                   "labels": empty.long()})
-                continue
-            scores, deltas, boxes = (torch.cat(v) for v in zip(*parts))
-            detections.append(postprocess_detections(scores, deltas, boxes, size, score_thresh=h.score_thresh,
-                                                     nms_thresh=h.nms_thresh,
-                                                     detections_per_img=h.detections_per_img))
-        return detections
+        logits, deltas, boxes = self.pyramid_windows(images)
+        scores = logits.softmax(dim=2)
+        deltas = torch.cat([deltas.new_zeros((*deltas.shape[:2], 4)), deltas], dim=2)
+        return [postprocess_detections(scores[i], deltas[i], boxes, tuple(images.shape[-2:]),
+                                       score_thresh=h.score_thresh, nms_thresh=h.nms_thresh,
+                                       detections_per_img=h.detections_per_img) for i in range(len(images))]

@@ -8,7 +8,7 @@ from torchvision.ops import FrozenBatchNorm2d, box_iou
 from densecnn import create_backbone
 from densecnn.heads.detection import (ConvWindowHead, context_boxes, decode_boxes, encode_boxes,
                                       freeze_batchnorm, freeze_unused_parameters, postprocess_detections,
-                                      sample_rois, warp_regions, window_grid)
+                                      sample_indices, sample_rois, warp_regions, window_grid)
 
 
 def test_encode_decode_roundtrip_and_formula():
@@ -39,6 +39,25 @@ def test_sample_rois_foreground_fraction_and_bands():
     # an image without objects: only background
     rois, labels, _ = sample_rois(proposals, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), batch_size=32)
     assert len(rois) == 32 and (labels == 0).all()
+
+
+def test_sample_indices_picks_from_fixed_boxes():
+    """OverFeat samples score-map windows: indices into the boxes given, no ground truth added."""
+    torch.manual_seed(0)
+    windows = window_grid(9, 9, 4, 32)  # the windows of a 64 x 64 image
+    gt, gt_labels = torch.tensor([[10., 12, 40, 44]]), torch.tensor([2])
+    keep, labels, targets = sample_indices(windows, gt, gt_labels, batch_size=40, fg_fraction=0.25, bg_iou=(0.0, 0.5))
+    iou = box_iou(windows[keep], gt)[:, 0]
+    fg = labels > 0
+    assert len(keep) == 40 and len(set(keep.tolist())) == 40 and int(fg.sum()) == 10
+    assert fg[:10].all() and (labels[fg] == 2).all() and (iou[fg] >= 0.5).all() and (iou[~fg] < 0.5).all()
+    torch.testing.assert_close(targets[fg], encode_boxes(gt.expand(10, 4), windows[keep[fg]]))
+    # the same draw as sample_rois without the ground truth among the candidates
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    rois, rl, _ = sample_rois(windows, gt, gt_labels, batch_size=40, add_gt=False, generator=g1)
+    keep, kl, _ = sample_indices(windows, gt, gt_labels, batch_size=40, generator=g2)
+    torch.testing.assert_close(rois, windows[keep])
+    assert torch.equal(rl, kl)
 
 
 def test_context_boxes_leave_sixteen_pixels_after_warping():

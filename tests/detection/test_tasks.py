@@ -119,6 +119,30 @@ def test_overfeat_dense_scores_equal_cropped_windows():
     torch.testing.assert_close(crop_deltas, deltas[0].flatten(1).T, rtol=1e-4, atol=1e-5)
 
 
+def test_overfeat_trains_on_the_windows_it_scores():
+    """Training samples windows of the same pyramid maps detection scores: every scale contributes windows
+    (in the original image's pixels), and an image smaller than one window at every scale is named."""
+    from tasks import OverFeatTask
+
+    torch.manual_seed(0)
+    task = OverFeatTask(backbone="lenet5", backbone_kwargs={"in_chans": 3}, num_classes=3, window=32,
+                        scales=[0.5, 1.0, 2.0], hidden_dim=16, dropout=0.0)
+    images = torch.randn(2, 3, 64, 64)
+    logits, deltas, windows = task.pyramid_windows(images)
+    per_scale = [((64 * f - 32) // 4 + 1) ** 2 for f in (0.5, 1.0, 2.0)]  # 32 px at 0.5: one window
+    assert logits.shape == (2, sum(per_scale), 4) and deltas.shape == (2, sum(per_scale), 12)
+    sides = (windows[:, 2] - windows[:, 0]).unique().tolist()
+    assert sorted(sides) == [16.0, 32.0, 64.0]  # 32 px windows at 2x, 1x and 0.5x
+    batch = {"image": images, "target": [{"boxes": torch.tensor([[8., 8, 40, 40]]), "labels": torch.tensor([1])},
+                                         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]}
+    losses = task.training_losses(batch)
+    assert set(losses) == {"loss_classifier", "loss_box_reg"} and losses["loss_box_reg"] > 0
+    sum(losses.values()).backward()
+    assert task.head.fc6.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="smaller than one 32 px window"):
+        task.pyramid_windows(torch.randn(1, 3, 12, 12))  # 24 px even at 2x
+
+
 def test_predict_image_for_notebooks(coco_root):
     """``predict_image`` on a raw image, with selective search for a proposal-based detector."""
     from densecnn.data import read_rgb

@@ -55,28 +55,41 @@ def sample_rois(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torc
     """
     if add_gt and len(gt_boxes):
         proposals = torch.cat([proposals, gt_boxes.to(proposals)])
+    keep, labels, targets = sample_indices(proposals, gt_boxes, gt_labels, batch_size=batch_size,
+                                           fg_fraction=fg_fraction, fg_iou=fg_iou, bg_iou=bg_iou,
+                                           generator=generator)
+    return proposals[keep], labels, targets
+
+
+def sample_indices(boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, *,
+                   batch_size: int = 128, fg_fraction: float = 0.25, fg_iou: float = 0.5,
+                   bg_iou: tuple[float, float] = (0.1, 0.5),
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sample_rois`` on a fixed set of ``boxes`` (no ground truth added): which of them to train on.
+
+    Returns ``(indices (B,), labels (B,), regression targets (B, 4))``, foreground first.
+    """
     if len(gt_boxes):
-        iou = box_iou(proposals, gt_boxes.to(proposals))
+        iou = box_iou(boxes, gt_boxes.to(boxes))
         best_iou, best = iou.max(dim=1)
     else:
-        best_iou = proposals.new_zeros(len(proposals))
-        best = torch.zeros(len(proposals), dtype=torch.long, device=proposals.device)
+        best_iou = boxes.new_zeros(len(boxes))
+        best = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
     fg = torch.where(best_iou >= fg_iou)[0]
     bg = torch.where((best_iou >= bg_iou[0]) & (best_iou < bg_iou[1]))[0]
-    if len(bg) == 0 and len(fg) == 0:  # nothing in the background band: fall back to any non-object RoI
+    if len(bg) == 0 and len(fg) == 0:  # nothing in the background band: fall back to any non-object box
         bg = torch.where(best_iou < fg_iou)[0]
     num_fg = min(int(round(batch_size * fg_fraction)), len(fg))
     fg = fg[torch.randperm(len(fg), generator=generator, device="cpu")[:num_fg].to(fg.device)]
     num_bg = min(batch_size - num_fg, len(bg))
     bg = bg[torch.randperm(len(bg), generator=generator, device="cpu")[:num_bg].to(bg.device)]
     keep = torch.cat([fg, bg])
-    rois = proposals[keep]
-    labels = torch.zeros(len(keep), dtype=torch.long, device=proposals.device)
-    targets = torch.zeros((len(keep), 4), dtype=proposals.dtype, device=proposals.device)
+    labels = torch.zeros(len(keep), dtype=torch.long, device=boxes.device)
+    targets = torch.zeros((len(keep), 4), dtype=boxes.dtype, device=boxes.device)
     if num_fg:
         labels[:num_fg] = gt_labels.to(labels.device)[best[fg]]
-        targets[:num_fg] = encode_boxes(gt_boxes.to(proposals)[best[fg]], rois[:num_fg])
-    return rois, labels, targets
+        targets[:num_fg] = encode_boxes(gt_boxes.to(boxes)[best[fg]], boxes[fg])
+    return keep, labels, targets
 
 
 def detection_loss(class_logits: torch.Tensor, box_regression: torch.Tensor, labels: torch.Tensor,
