@@ -28,8 +28,9 @@ class WeightsError(ValueError):
     """A weights file that cannot be used: unreadable, unsafe, or for another architecture."""
 
 
-def read_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read tensors from ``source`` (path, URL or ``torchvision:<Enum>.<NAME>``), unwrapped to a flat state_dict."""
+def read_state_dict(source: str | os.PathLike, *, whole_task: bool = False) -> dict[str, torch.Tensor]:
+    """Read tensors from ``source`` (path, URL or ``torchvision:<Enum>.<NAME>``), unwrapped to a flat state_dict:
+    a task checkpoint's backbone (its ``backbone.*`` keys, prefix removed) or, with ``whole_task``, all of it."""
     source = str(source)
     if source.startswith(TORCHVISION_PREFIX):
         raw = _download(_torchvision_weight_url(source[len(TORCHVISION_PREFIX):]), source)
@@ -37,7 +38,7 @@ def read_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
         raw = _download(source, source)
     else:
         raw = _read_file(Path(source))
-    return _unwrap(raw, source)
+    return _unwrap(raw, source, strip_backbone=not whole_task)
 
 
 def _torchvision_weight_url(name: str) -> str:
@@ -82,7 +83,7 @@ def _unsafe_message(label: str, err: Exception) -> str:
             f"(torch.save(model.state_dict(), path)) or use safetensors. Detail: {str(err).splitlines()[0]}")
 
 
-def _unwrap(raw, label: str) -> dict[str, torch.Tensor]:
+def _unwrap(raw, label: str, strip_backbone: bool = True) -> dict[str, torch.Tensor]:
     if isinstance(raw, Mapping):
         for key in _WRAPPER_KEYS:
             if key in raw and isinstance(raw[key], Mapping):
@@ -92,21 +93,23 @@ def _unwrap(raw, label: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{label}: expected a state_dict (a mapping of names to tensors)")
     state = dict(raw)
     # A densecnn task checkpoint stores the backbone under "backbone."; DDP wrappers add "module.".
-    for prefix in ("module.", "backbone."):
+    for prefix in ("module.", "backbone.") if strip_backbone else ("module.",):
         if state and any(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return state
 
 
-def load_weights(model: nn.Module, source: str | os.PathLike, *, strict: bool = True) -> nn.Module:
+def load_weights(model: nn.Module, source: str | os.PathLike, *, strict: bool = True,
+                 whole_task: bool = False) -> nn.Module:
     """Load ``source`` into ``model`` (see the module docstring for what ``source`` may be).
 
     The classifier's weights are dropped, with a message, when their shape differs (weights trained for
     another number of classes): that is the ordinary fine-tuning case; a model built with ``num_classes=0``
     (a feature extractor) ignores them. Any other shape mismatch is an error,
     and so are missing or unexpected keys unless ``strict=False``, where they are reported by name.
+    ``whole_task``: ``model`` is a task and ``source`` a checkpoint of the same task (all its weights).
     """
-    state = read_state_dict(source)
+    state = read_state_dict(source, whole_task=whole_task)
     adapt = getattr(model, "adapt_state_dict", None)
     if callable(adapt):
         state = adapt(state)

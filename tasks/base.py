@@ -142,6 +142,10 @@ class BaseTask(pl.LightningModule, ABC):
     def log_examples(self, stage: str, batch: Any, outputs: Any) -> None:
         """Subclasses render a picture of the first validation/test batch with ``log_picture``."""
 
+    def freezes_body(self) -> bool:
+        """Whether ``body_modules`` are frozen during fit (``freeze_backbone``; tasks may add their own cases)."""
+        return bool(self.hparams.freeze_backbone)
+
     def head_modules(self) -> list[nn.Module]:
         """Modules that stay trainable when the backbone is frozen: the backbone's classifier by default,
         plus whatever heads a task adds."""
@@ -276,7 +280,7 @@ class BaseTask(pl.LightningModule, ABC):
             if existing and all(cb.monitor is None for cb in existing):
                 callbacks.append(ModelCheckpoint(monitor=self.monitor, mode=self.monitor_mode, save_last=True,
                                                  filename="best-epoch{epoch:03d}", auto_insert_metric_name=False))
-            if self.hparams.freeze_backbone:
+            if self.freezes_body():
                 callbacks.append(FreezeBackbone(self.hparams.unfreeze_backbone_at_epoch,
                                                 self.hparams.backbone_lr_scale))
         if trainer.predicting:

@@ -2,17 +2,22 @@
 and semantic labels, alone or together, on any registered backbone as scale 1.
 
 Loss (Sec. 4): ``sum_t loss_weights[t] * L_t`` with L_depth Eq. 6.1 (log depth, lambda = 1/2, gradient term),
-L_normals Eq. 6.2 and L_semantic Eq. 6.3, over valid pixels. The paper trains scales 1+2 first on the scale-2
-output and then scale 3; here the network trains end to end on the scale-3 output plus
-``scale2_loss_weight`` times the same loss on the scale-2 output, which keeps that first-stage signal.
-Predictions are resized (bilinearly) to the ground truth's size before the loss and the metrics.
+L_normals Eq. 6.2 and L_semantic Eq. 6.3, over valid pixels. Predictions are resized (bilinearly) to the
+ground truth's size before the loss and the metrics.
+
+Schedules (``training_stage``). The paper trains in two stages: scales 1 and 2 together on the scale-2
+output, then scale 3 with scales 1 and 2 fixed. ``scales12`` is the first stage (scale 3 is neither run nor
+trained; metrics and predictions are scale 2's) and ``scale3`` the second (the rest frozen, batch norm
+included, loss on the scale-3 output; ``init_checkpoint`` brings in the first stage's weights). ``joint``
+(default) trains everything at once on the scale-3 output plus ``scale2_loss_weight`` times the same loss on
+the scale-2 output, which keeps the first stage's signal in a single run.
 """
 from __future__ import annotations
 
 import csv
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -20,14 +25,16 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 
 from densecnn.data import DataError
+from densecnn.weights import WeightsError, load_weights
 from densecnn.data.dense import write_depth_png, write_labels_png
-from densecnn.heads.dense import DENSE_TARGETS, MultiScaleDenseHead, finish_prediction
+from densecnn.heads.dense import (DENSE_TARGETS, INPUT_MAP_CHANNELS, MultiScaleDenseHead, encode_input_map,
+                                  finish_prediction)
 from densecnn.losses import IGNORE_INDEX, depth_loss, normals_loss, semantic_loss, valid_depth_mask
 from densecnn.metrics import DepthMetrics, NormalMetrics, SemanticMetrics
 from densecnn.viz import save_png, to_uint8_images
 from densecnn.viz_dense import colourise_depth, default_palette, dense_panel, labels_to_rgb, normals_to_rgb, overlay
 
-from .base import STAGES, BaseTask
+from .base import STAGES, BaseTask, CheckpointError
 
 #: the metric each target is monitored by (checkpointing, plateau schedule): name, mode
 MONITORS = {"depth": ("depth/rmse", "min"), "normals": ("normals/mean", "min"), "semantic": ("semantic/miou", "max")}
@@ -59,6 +66,10 @@ class DensePredictionTask(BaseTask):
         scale3_widths: list[int] = [64, 64],  # noqa: B006
         use_scale3: bool = True,
         batch_norm: bool = False,
+        input_maps: list[str] = [],  # noqa: B006
+        input_map_channels: int = 32,
+        training_stage: Literal["joint", "scales12", "scale3"] = "joint",
+        init_checkpoint: str | None = None,
         eval_min_depth: float = 1e-3,
         eval_max_depth: float | None = None,
         eigen_crop: bool = False,
@@ -77,6 +88,12 @@ class DensePredictionTask(BaseTask):
                 connected layers (paper: 8x6 pool, 4096 units, 64 channels on a 19x14 grid, dropout 0.5).
             scale2_image_channels, scale2_widths, scale3_image_channels, scale3_widths, use_scale3, batch_norm:
                 scales 2 and 3 (``densecnn.heads.MultiScaleDenseHead``).
+            input_maps, input_map_channels: ground-truth maps (``depth``, ``normals``) fed to scales 2 and 3
+                beside the image, each through its own 9x9 filter bank (the paper's NYU labelling: RGB, depth
+                and normals, 32 filters each); every batch, predict included, must then carry those maps.
+            training_stage: ``joint``, or the paper's two stages ``scales12`` then ``scale3`` (module docstring).
+            init_checkpoint: a checkpoint of this task (same targets and sizes) whose weights initialise the
+                model when ``fit`` starts, e.g. the ``scales12`` stage's for the ``scale3`` stage.
             eval_min_depth, eval_max_depth, eigen_crop, silog_lambda: the depth evaluation protocol
                 (``densecnn.metrics.DepthMetrics``; NYU: max 10 m and the Eigen crop).
         """
@@ -91,6 +108,17 @@ class DensePredictionTask(BaseTask):
             raise ValueError("model.init_args.num_classes (>= 2) is needed for the semantic target")
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
             raise ValueError(f"model.init_args.class_names has {len(class_names)} names for num_classes={num_classes}")
+        for name in input_maps:
+            if name not in INPUT_MAP_CHANNELS:
+                raise ValueError(f"model.init_args.input_maps: unknown map {name!r}; input maps: "
+                                 f"{', '.join(INPUT_MAP_CHANNELS)}")
+            if name in targets:
+                raise ValueError(f"model.init_args.input_maps: {name!r} is also a target; a map cannot be both "
+                                 f"an input and a prediction")
+        if training_stage not in ("joint", "scales12", "scale3"):
+            raise ValueError(f"model.init_args.training_stage: {training_stage!r} is not one of joint, scales12, scale3")
+        if training_stage != "joint" and not use_scale3:
+            raise ValueError(f"model.init_args.training_stage: {training_stage!r} needs use_scale3: true")
         unknown = set(loss_weights or {}) - set(targets)
         if unknown:
             raise ValueError(f"model.init_args.loss_weights: {sorted(unknown)} are not among the targets {targets}")
@@ -114,10 +142,23 @@ class DensePredictionTask(BaseTask):
             coarse_size=tuple(h.coarse_size), coarse_dropout=h.coarse_dropout,
             scale2_image_channels=h.scale2_image_channels, scale2_widths=h.scale2_widths,
             scale3_image_channels=h.scale3_image_channels, scale3_widths=h.scale3_widths, scale3=h.use_scale3,
-            batch_norm=h.batch_norm)
+            batch_norm=h.batch_norm, input_maps=h.input_maps, input_map_channels=h.input_map_channels)
+        if h.training_stage == "scales12":  # stage one: scale 3 waits (and stays out of the optimizer and DDP)
+            self.head.scale3.requires_grad_(False)
+
+    def freezes_body(self) -> bool:
+        return super().freezes_body() or self.hparams.training_stage == "scale3"
+
+    def body_modules(self) -> list[torch.nn.Module]:
+        """Stage two (``scale3``) freezes scale 1's fully connected layers and scale 2 with the backbone."""
+        modules = super().body_modules()
+        if self.hparams.training_stage == "scale3":
+            modules += [m for part in (self.head.scale1, self.head.scale2) for m in part.modules()
+                        if not list(m.children())]
+        return modules
 
     def head_modules(self) -> list[torch.nn.Module]:
-        return [self.head]
+        return [self.head.scale3] if self.hparams.training_stage == "scale3" else [self.head]
 
     def loss_weight(self, target: str) -> float:
         return float((self.hparams.loss_weights or {}).get(target, 1.0))
@@ -141,11 +182,31 @@ class DensePredictionTask(BaseTask):
     def setup(self, stage: str) -> None:
         if "semantic" in self.targets:
             self.sync_class_names()  # num_classes must match the data's classes.txt; the names go in the checkpoint
+        if stage == "fit" and self.hparams.init_checkpoint:
+            # before the optimizers exist; a resumed run (--ckpt_path) restores its own weights afterwards
+            try:
+                load_weights(self, self.hparams.init_checkpoint, whole_task=True)
+            except WeightsError as err:
+                raise CheckpointError(f"model.init_args.init_checkpoint: {err}") from err
 
     # ---- forward passes ----------------------------------------------------------------------------------------
-    def forward_scales(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """Raw per-scale outputs: log depth, unit normals, class scores, at 1/4 and 1/2 resolution."""
-        return self.head.forward_scales(images, self.backbone.forward_features(images)[-1])
+    def input_maps_from(self, batch: dict) -> dict[str, torch.Tensor] | None:
+        """The ``input_maps`` of a batch, encoded for the network (``encode_input_map``); None when there are none."""
+        names = self.hparams.input_maps
+        if not names:
+            return None
+        missing = [name for name in names if name not in batch]
+        if missing:
+            raise DataError(f"model.init_args.input_maps needs the {', '.join(missing)} map(s) in every batch, "
+                            f"predict included; this batch has {sorted(batch)}")
+        return {name: encode_input_map(name, batch[name]) for name in names}
+
+    def forward_scales(self, images: torch.Tensor, maps: dict[str, torch.Tensor] | None = None
+                       ) -> list[dict[str, torch.Tensor]]:
+        """Raw per-scale outputs: log depth, unit normals, class scores, at 1/4 and 1/2 resolution; ``maps``: the
+        encoded input maps, when the network takes any."""
+        return self.head.forward_scales(images, self.backbone.forward_features(images)[-1], maps,
+                                        through_scale3=self.hparams.training_stage != "scales12")
 
     @staticmethod
     def resize_output(target: str, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -153,10 +214,10 @@ class DensePredictionTask(BaseTask):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         return finish_prediction(target, x)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, maps: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Predictions at the input's size: ``depth`` (N, H, W) metres, ``normals`` (N, 3, H, W) unit vectors,
-        ``semantic`` (N, C, H, W) class scores."""
-        final = self.forward_scales(images)[-1]
+        ``semantic`` (N, C, H, W) class scores; ``maps`` as ``input_maps_from`` gives them."""
+        final = self.forward_scales(images, maps)[-1]
         out = {t: self.resize_output(t, final[t], images.shape[-2:]) for t in self.targets}
         if "depth" in out:
             out["depth"] = out["depth"][:, 0].exp()
@@ -188,7 +249,7 @@ class DensePredictionTask(BaseTask):
     def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self._check_batch(batch)
         images = batch["image"]
-        scales = self.forward_scales(images)
+        scales = self.forward_scales(images, self.input_maps_from(batch))
         if "depth" in self.targets:
             empty = valid_depth_mask(batch["depth"]).flatten(1).sum(1) == 0
             if bool(empty.any()):
@@ -200,7 +261,7 @@ class DensePredictionTask(BaseTask):
             size = batch[target].shape[-2:]
             final = self.resize_output(target, scales[-1][target], size)
             loss = self.target_loss(target, final, batch)
-            if len(scales) > 1 and self.hparams.scale2_loss_weight:
+            if len(scales) > 1 and self.hparams.scale2_loss_weight and self.hparams.training_stage == "joint":
                 coarse = self.resize_output(target, scales[0][target], size)
                 loss = loss + self.hparams.scale2_loss_weight * self.target_loss(target, coarse, batch)
             self.log(f"{stage}/loss_{target}", loss, on_step=False, on_epoch=True, sync_dist=stage != "train",
@@ -267,24 +328,30 @@ class DensePredictionTask(BaseTask):
 
     # ---- predict -----------------------------------------------------------------------------------------------
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        out = self(batch["image"])
+        out = self(batch["image"], self.input_maps_from(batch))
         if "semantic" in out:
             out["semantic"] = out["semantic"].argmax(1)
         return out
 
     def predict_image(self, image: np.ndarray | torch.Tensor, mean: Sequence[float] | None = None,
-                      std: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+                      std: Sequence[float] | None = None, depth: np.ndarray | None = None,
+                      normals: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Predict one HxWx3 uint8 image (normalised with ``mean``/``std``, ImageNet's by default) or a normalised
-        CHW tensor; returns numpy maps (depth metres, normals (H, W, 3), semantic ids). For notebooks."""
+        CHW tensor; returns numpy maps (depth metres, normals (H, W, 3), semantic ids). For notebooks.
+        ``depth`` (H, W) metres and ``normals`` (H, W, 3): the input maps, when the network takes them."""
         from densecnn.data.dense import DenseSample, sample_to_tensors
         from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-        if isinstance(image, np.ndarray):
-            image = sample_to_tensors(DenseSample(image), mean or IMAGENET_MEAN, std or IMAGENET_STD)["image"]
+        rgb = image if isinstance(image, np.ndarray) else np.zeros((*image.shape[-2:], 3), np.uint8)
+        batch = sample_to_tensors(DenseSample(rgb, depth=depth, normals=normals), mean or IMAGENET_MEAN,
+                                  std or IMAGENET_STD)
+        if not isinstance(image, np.ndarray):
+            batch["image"] = image
+        batch = {k: v.unsqueeze(0).to(self.device) for k, v in batch.items()}
         was_training = self.training
         self.eval()
         with torch.no_grad():
-            out = self.predict_step({"image": image.unsqueeze(0).to(self.device)}, 0)
+            out = self.predict_step(batch, 0)
         self.train(was_training)
         result = {k: v[0].cpu().numpy() for k, v in out.items()}
         if "normals" in result:

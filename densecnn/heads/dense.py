@@ -20,6 +20,11 @@ stack conv_s2_2..conv_s2_5, scale-3 stack conv_s3_2..conv_s3_4, 9x9/2 convolutio
 max-pools 3x3/2 and 3x3/1), which reproduces the 74x55 and 147x109 maps exactly. The slides' older figure
 uses 64 instead of 96 at scale 2 and 63+1 at scale 3; both are a ``scale*_image_channels`` argument away.
 
+Extra input maps (NYU semantic labelling; S3 L4368-4382, the inputs Table 7 compares): ground-truth
+``depth`` and ``normals`` can be fed to scales 2 and 3 beside the RGB image, each through its own bank of
+32 9x9 filters whose outputs are concatenated with the image's and the previous scale's ("RGB, depth and
+normals each get their own 32x9x9 filter bank"). Scale 1 stays RGB-only, as in the paper.
+
 Targets share scale 1 and the first (image) layer of scales 2 and 3; each target has its own 5x5 stacks, as
 in the released depth+normals model. Scale 3 sees every target's scale-2 prediction. Normals are L2-normalised
 per pixel inside the network so the loss backpropagates through the normalisation (Sec. 4.2); depth is
@@ -35,6 +40,20 @@ from torch import nn
 
 #: the paper's three targets and their fixed channel counts (semantic: one per class, given separately)
 DENSE_TARGETS = ("depth", "normals", "semantic")
+#: maps that can be inputs beside the image (S3 L4368-4382) and their channels; see ``encode_input_map``
+INPUT_MAP_CHANNELS = {"depth": 1, "normals": 3}
+
+
+def encode_input_map(name: str, value: torch.Tensor) -> torch.Tensor:
+    """A ground-truth map as a network input ``(N, C, H, W)``: log depth (0 where depth is missing) or unit
+    normals (zero where missing), so holes read as a neutral value rather than NaN or -inf."""
+    if name == "depth":
+        depth = value if value.dim() == 4 else value.unsqueeze(1)
+        valid = torch.isfinite(depth) & (depth > 0)
+        return torch.where(valid, depth.clamp(min=1e-6).log(), torch.zeros_like(depth))
+    if name == "normals":
+        return torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+    raise ValueError(f"unknown input map {name!r}; input maps: {', '.join(INPUT_MAP_CHANNELS)}")
 
 
 def target_channels(targets: Sequence[str], num_classes: int | None) -> dict[str, int]:
@@ -99,26 +118,38 @@ def _conv_stack(in_channels: int, widths: Sequence[int], out_channels: int, kern
 
 
 class RefineScale(nn.Module):
-    """Scales 2 and 3: a 9x9/2 convolution of the image and a 3x3 max-pool (stride ``pool_stride``), concatenated
-    with the previous scale's output, then per-target 5x5 stacks ending in a linear output layer."""
+    """Scales 2 and 3: a 9x9/2 convolution of the image and a 3x3 max-pool (stride ``pool_stride``), the same for
+    each extra input map with its own filters (``input_maps``: name -> channels), concatenated with the previous
+    scale's output, then per-target 5x5 stacks ending in a linear output layer."""
 
     def __init__(self, in_chans: int, context_channels: int, out_channels: Mapping[str, int], *,
                  image_channels: int, widths: Sequence[int], pool_stride: int, image_kernel: int = 9,
-                 kernel_size: int = 5, batch_norm: bool = False):
+                 kernel_size: int = 5, batch_norm: bool = False, input_maps: Mapping[str, int] | None = None,
+                 input_map_channels: int = 32):
         super().__init__()
         # 9x9 stride 2 "valid" convolution padded by one pixel and a 3x3 max-pool: 304x228 -> 149x111 ->
         # 74x55 (stride 2, scale 2) or 147x109 (stride 1, scale 3), the sizes of the paper's table.
         self.image_conv = nn.Conv2d(in_chans, image_channels, image_kernel, stride=2, padding=1)
+        self.map_convs = nn.ModuleDict({
+            name: nn.Conv2d(channels, input_map_channels, image_kernel, stride=2, padding=1)
+            for name, channels in (input_maps or {}).items()})
         self.image_pool = nn.MaxPool2d(3, stride=pool_stride)
+        features = image_channels + input_map_channels * len(self.map_convs) + context_channels
         self.stacks = nn.ModuleDict({
-            name: _conv_stack(image_channels + context_channels, widths, channels, kernel_size, batch_norm)
+            name: _conv_stack(features, widths, channels, kernel_size, batch_norm)
             for name, channels in out_channels.items()})
 
-    def image_features(self, image: torch.Tensor) -> torch.Tensor:
-        return self.image_pool(F.relu(self.image_conv(image)))
+    def image_features(self, image: torch.Tensor, maps: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        parts = [self.image_pool(F.relu(self.image_conv(image)))]
+        for name, conv in self.map_convs.items():
+            if maps is None or name not in maps:
+                raise ValueError(f"this network takes the {name!r} map as an input beside the image; none was given")
+            parts.append(self.image_pool(F.relu(conv(maps[name]))))
+        return torch.cat(parts, dim=1)
 
-    def forward(self, image: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.image_features(image)
+    def forward(self, image: torch.Tensor, context: torch.Tensor,
+                maps: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        features = self.image_features(image, maps)
         context = F.interpolate(context, size=features.shape[-2:], mode="bilinear", align_corners=False)
         x = torch.cat([features, context], dim=1)
         return {name: finish_prediction(name, stack(x)) for name, stack in self.stacks.items()}
@@ -137,6 +168,9 @@ class MultiScaleDenseHead(nn.Module):
         scale3_image_channels, scale3_widths: scale 3 (paper: 64; 64, 64). ``scale3: false`` stops at
             scale 2 (the "scales 1+2" row of Table 6).
         batch_norm: batch norm in the 5x5 stacks (not in the paper; helps short runs from scratch).
+        input_maps, input_map_channels: maps fed to scales 2 and 3 beside the image, each through its own
+            ``input_map_channels`` 9x9 filters (paper, NYU labelling: depth and normals, 32 each); the maps are
+            given to ``forward`` encoded by ``encode_input_map``.
     """
 
     def __init__(self, backbone_channels: int, targets: Sequence[str] = ("depth",), num_classes: int | None = None,
@@ -144,32 +178,42 @@ class MultiScaleDenseHead(nn.Module):
                  coarse_channels: int = 64, coarse_size: tuple[int, int] = (14, 19), coarse_dropout: float = 0.5,
                  scale2_image_channels: int = 96, scale2_widths: Sequence[int] = (64, 64, 64),
                  scale3_image_channels: int = 64, scale3_widths: Sequence[int] = (64, 64), scale3: bool = True,
-                 batch_norm: bool = False):
+                 batch_norm: bool = False, input_maps: Sequence[str] = (), input_map_channels: int = 32):
         super().__init__()
         self.out_channels = target_channels(targets, num_classes)
+        unknown = [m for m in input_maps if m not in INPUT_MAP_CHANNELS]
+        if unknown:
+            raise ValueError(f"unknown input map(s) {unknown}; input maps: {', '.join(INPUT_MAP_CHANNELS)}")
+        self.input_maps = list(input_maps)
+        extra = {"input_maps": {m: INPUT_MAP_CHANNELS[m] for m in self.input_maps},
+                 "input_map_channels": input_map_channels}
         self.scale1 = CoarseScale(backbone_channels, pool_size=coarse_pool, hidden=coarse_hidden,
                                   channels=coarse_channels, coarse_size=coarse_size, dropout=coarse_dropout)
         self.scale2 = RefineScale(in_chans, coarse_channels, self.out_channels, image_channels=scale2_image_channels,
-                                  widths=scale2_widths, pool_stride=2, batch_norm=batch_norm)
+                                  widths=scale2_widths, pool_stride=2, batch_norm=batch_norm, **extra)
         self.scale3 = (RefineScale(in_chans, sum(self.out_channels.values()), self.out_channels,
                                    image_channels=scale3_image_channels, widths=scale3_widths, pool_stride=1,
-                                   batch_norm=batch_norm) if scale3 else None)
+                                   batch_norm=batch_norm, **extra) if scale3 else None)
 
     @property
     def targets(self) -> list[str]:
         return list(self.out_channels)
 
-    def forward_scales(self, image: torch.Tensor, features: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """Predictions of scale 2 (1/4 resolution) and, when present, scale 3 (1/2 resolution)."""
+    def forward_scales(self, image: torch.Tensor, features: torch.Tensor,
+                       maps: Mapping[str, torch.Tensor] | None = None, *,
+                       through_scale3: bool = True) -> list[dict[str, torch.Tensor]]:
+        """Predictions of scale 2 (1/4 resolution) and, when present and ``through_scale3``, scale 3 (1/2
+        resolution); ``maps``: the encoded ``input_maps`` at the image's size."""
         coarse = self.scale1(features)
-        scale2 = self.scale2(image, coarse)
-        if self.scale3 is None:
+        scale2 = self.scale2(image, coarse, maps)
+        if self.scale3 is None or not through_scale3:
             return [scale2]
         previous = torch.cat([scale2[name] for name in self.out_channels], dim=1)
-        return [scale2, self.scale3(image, previous)]
+        return [scale2, self.scale3(image, previous, maps)]
 
-    def forward(self, image: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward_scales(image, features)[-1]
+    def forward(self, image: torch.Tensor, features: torch.Tensor,
+                maps: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        return self.forward_scales(image, features, maps)[-1]
 
 
 class MultiScaleDenseNet(nn.Module):
@@ -186,8 +230,9 @@ class MultiScaleDenseNet(nn.Module):
         self.backbone = backbone
         self.head = MultiScaleDenseHead(backbone.feature_info[-1].num_chs, targets, num_classes, **head_kwargs)
 
-    def forward_scales(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        return self.head.forward_scales(x, self.backbone.forward_features(x)[-1])
+    def forward_scales(self, x: torch.Tensor, maps: Mapping[str, torch.Tensor] | None = None
+                       ) -> list[dict[str, torch.Tensor]]:
+        return self.head.forward_scales(x, self.backbone.forward_features(x)[-1], maps)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward_scales(x)[-1]
+    def forward(self, x: torch.Tensor, maps: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        return self.forward_scales(x, maps)[-1]

@@ -160,3 +160,87 @@ def test_real_recipes_parse(path, capsys):
         main(["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "DensePredictionTask" in capsys.readouterr().out
+
+
+def test_depth_and_normals_as_inputs_for_labelling(tmp_path):
+    """The paper's NYU labelling inputs: ground-truth depth and normals, each through its own 9x9 bank at
+    scales 2 and 3; they must change the prediction, get gradients, and be present in every batch."""
+    from densecnn.heads.dense import encode_input_map
+
+    task = _task(targets=["semantic"], input_maps=["depth", "normals"], input_map_channels=4)
+    for scale in (task.head.scale2, task.head.scale3):
+        assert {k: tuple(v.weight.shape) for k, v in scale.map_convs.items()} == {
+            "depth": (4, 1, 9, 9), "normals": (4, 3, 9, 9)}
+    batch = _batch()
+    loss, outputs = task.compute_loss(batch, "train")
+    loss.backward()
+    assert outputs["semantic"].shape == (2, 5, 24, 32)
+    assert task.head.scale2.map_convs["depth"].weight.grad.abs().sum() > 0
+    assert task.head.scale3.map_convs["normals"].weight.grad.abs().sum() > 0
+    task.eval()
+    with torch.no_grad():
+        before = task(batch["image"], task.input_maps_from(batch))["semantic"]
+        batch["depth"] = batch["depth"] * 2
+        after = task(batch["image"], task.input_maps_from(batch))["semantic"]
+    assert not torch.allclose(before, after)
+    # holes in the input depth read as 0 (log 1 m), never NaN
+    depth = torch.tensor([[[2.0, 0.0], [float("nan"), float("inf")]]])
+    torch.testing.assert_close(encode_input_map("depth", depth),
+                               torch.tensor([[[[np.log(2.0), 0.0], [0.0, 0.0]]]], dtype=torch.float32))
+    del batch["normals"]
+    with pytest.raises(DataError, match="input_maps needs the normals map"):
+        task.compute_loss(batch, "val")
+    with pytest.raises(ValueError, match="'depth' is also a target"):
+        _task(targets=["depth", "semantic"], input_maps=["depth"])
+    with pytest.raises(ValueError, match="unknown map 'hha'"):
+        _task(targets=["semantic"], input_maps=["hha"])
+    # notebooks: predict_image takes the maps beside the image
+    rgb = np.zeros((24, 32, 3), np.uint8)
+    out = task.predict_image(rgb, depth=np.full((24, 32), 2.0, np.float32),
+                             normals=np.dstack([np.zeros((24, 32, 2)), np.ones((24, 32))]).astype(np.float32))
+    assert out["semantic"].shape == (24, 32)
+    with pytest.raises(DataError, match="input_maps needs the depth, normals map"):
+        task.predict_image(rgb)
+
+
+def test_cli_semantic_with_depth_and_normals_inputs(tmp_path):
+    config = _write_config(tmp_path, ["semantic"])
+    extra = ["--model.init_args.input_maps", "[depth, normals]", "--model.init_args.input_map_channels", "4"]
+    main(["fit", "--config", str(config), *extra])
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    main(["predict", "--config", str(config), *extra, "--ckpt_path", str(ckpt)])
+    labels = list((tmp_path / "runs").rglob("predictions/labels/test_00000.png"))
+    assert labels and np.asarray(Image.open(labels[0])).shape == (24, 32)
+
+
+def test_two_stage_schedule_scales12_then_scale3(tmp_path):
+    """The paper's schedule: scales 1+2 on the scale-2 output, then scale 3 alone from the first stage's weights."""
+    from tasks.base import CheckpointError
+
+    stage_one = _task(targets=["depth"], training_stage="scales12")
+    batch = _batch()
+    scales = stage_one.forward_scales(batch["image"])
+    assert len(scales) == 1  # scale 3 is not run
+    assert not any(p.requires_grad for p in stage_one.head.scale3.parameters())
+    loss, outputs = stage_one.compute_loss(batch, "train")
+    loss.backward()
+    assert outputs["depth"].shape == (2, 1, 24, 32) and stage_one.head.scale2.image_conv.weight.grad is not None
+
+    config = _write_config(tmp_path, ["depth"])
+    main(["fit", "--config", str(config), "--model.init_args.training_stage", "scales12"])
+    first = next((tmp_path / "runs").rglob("last.ckpt"))
+    first_state = torch.load(first, map_location="cpu", weights_only=True)["state_dict"]
+    second_dir = tmp_path / "stage2"
+    main(["fit", "--config", str(config), "--model.init_args.training_stage", "scale3",
+          "--model.init_args.init_checkpoint", str(first), "--trainer.default_root_dir", str(second_dir),
+          "--trainer.logger", "false"])
+    second = next(second_dir.rglob("last.ckpt"))
+    second_state = torch.load(second, map_location="cpu", weights_only=True)["state_dict"]
+    kept = [k for k in first_state if not k.startswith("head.scale3.")]
+    assert kept and all(torch.equal(first_state[k], second_state[k]) for k in kept)  # BN statistics included
+    assert any(not torch.equal(first_state[k], second_state[k]) for k in first_state if k.startswith("head.scale3."))
+    with pytest.raises(CheckpointError, match=r"init_checkpoint: .*last.ckpt: shapes do not match .*head.scale3"):
+        main(["fit", "--config", str(config), "--model.init_args.targets", "[depth, normals]",
+              "--model.init_args.init_checkpoint", str(first), "--trainer.default_root_dir", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="training_stage: 'stage2'"):
+        _task(targets=["depth"], training_stage="stage2")
