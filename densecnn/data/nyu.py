@@ -8,10 +8,14 @@ W x H = 640 x 480.
 Split: the official 795 training / 654 test frames come from the toolbox's ``splits.mat`` (``trainNdxs``,
 ``testNdxs``, 1-based indices into the 1449 frames); pass its path as ``splits_file``.
 
+Files: ``download_nyu_files`` fetches the labeled file, ``splits.mat`` and ``classMapping40.mat`` from where
+they are published (``NYU_URLS``) when they are missing; without network access, place them yourself.
+
 Classes: the 40-class set is Gupta et al.'s (CVPR 2013) grouping of the 894 classes, distributed as
 ``classMapping40.mat`` (variable ``mapClass``: for each of the 894 ids, its 40-class id). densecnn cannot
 reproduce that 894-entry table from the literature, so it must be given as ``mapping_file`` (the .mat, or a
-.npy / .txt / .json of 894 integers); without it only ``classes="894"`` is available. The 13-class set
+.npy / .txt / .json of 894 integers; ``download_nyu_files`` fetches the .mat); without it only
+``classes="894"`` is available. The 13-class set
 (Couprie et al. 2013, used by Eigen & Fergus) is a fixed grouping of the 40 classes, ``NYU40_TO_13`` below
 (the table of ``class13Mapping.mat`` in the nyuv2-meta-data release), so ``classes="13"`` also needs the
 40-class mapping file. Labels come out 0-based; unlabelled pixels become 255 (ignore).
@@ -44,6 +48,37 @@ NYU13_CLASSES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "obje
 NYU40_TO_13 = np.array([0, 12, 5, 6, 1, 4, 9, 10, 12, 13, 6, 8, 6, 13, 10, 6, 13, 6, 7, 7, 5, 7, 3, 2, 6, 11, 7, 7, 7,
                         7, 7, 7, 6, 7, 7, 7, 7, 7, 7, 6, 7], dtype=np.int64)
 IGNORE = 255
+#: where the official files are published (the labeled frames and the split on the NYU site; Gupta et al.'s
+#: 894 -> 40 table as redistributed with the nyuv2-meta-data release)
+NYU_URLS = {
+    "nyu_depth_v2_labeled.mat": "http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat",
+    "splits.mat": "http://horatio.cs.nyu.edu/mit/silberman/indoor_seg_sup/splits.mat",
+    "classMapping40.mat": "https://github.com/ankurhanda/nyuv2-meta-data/raw/master/classMapping40.mat",
+}
+
+
+def download_nyu_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Download each of ``paths`` that does not exist yet from ``NYU_URLS`` (chosen by file name), each into a
+    temporary file renamed into place only when complete, so an interrupted download leaves nothing behind and
+    files already there are never touched. Returns the paths downloaded."""
+    import torch.hub
+
+    fetched = []
+    for path in map(Path, paths):
+        if path.is_file():
+            continue
+        url = NYU_URLS.get(path.name)
+        if url is None:
+            raise DataError(f"{path}: not found, and it is not one of the files that can be downloaded "
+                            f"({', '.join(NYU_URLS)}); place it there")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(path), progress=True)
+        except OSError as err:  # URLError and HTTPError are OSErrors
+            raise DataError(f"{path}: could not download {url} ({err}); without network access, download it "
+                            f"elsewhere and place it at {path}") from err
+        fetched.append(path)
+    return fetched
 
 
 def _load_mat_variable(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -71,7 +106,7 @@ def read_splits(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file not found; the official NYU Depth v2 split is the toolbox's "
-                        f"splits.mat (trainNdxs, testNdxs)")
+                        f"splits.mat (trainNdxs, testNdxs): {NYU_URLS['splits.mat']}, or data.init_args.download: true")
     data = _load_mat_variable(path, ("trainNdxs", "testNdxs"))
     return {"train": data["trainNdxs"].astype(np.int64).ravel() - 1,
             "test": data["testNdxs"].astype(np.int64).ravel() - 1}
@@ -106,7 +141,7 @@ def label_lookup(classes: str, mapping: np.ndarray | None) -> tuple[np.ndarray, 
         return table, None
     if mapping is None:
         raise DataError(f"classes={classes!r} needs the 894 -> 40 mapping file (Gupta et al.'s "
-                        f"classMapping40.mat, variable mapClass) as mapping_file")
+                        f"classMapping40.mat, variable mapClass) as mapping_file: {NYU_URLS['classMapping40.mat']}")
     ids40 = mapping
     if classes == "40":
         ids, names = ids40, NYU40_CLASSES

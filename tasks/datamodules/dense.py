@@ -152,11 +152,14 @@ class NYUDepthV2DataModule(DenseDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         predict_root: str | None = None,
         pin_memory: bool = False,
+        download: bool = False,
     ):
         """
         Args:
             root: folder holding ``mat_file``, ``splits_file`` and ``mapping_file`` (relative names are
                 looked up there; absolute paths are used as they are).
+            download: fetch whichever of the three official files is missing from where it is published
+                (``densecnn.data.nyu.NYU_URLS``; about 2.8 GB for the labeled file), once, before setup.
             mapping_file: Gupta et al.'s ``classMapping40.mat`` (894 -> 40), needed for ``classes`` 13 and 40.
             classes: ``13``, ``40`` or ``894`` label sets.
             maps: targets to load (default depth, normals, semantic; normals come from least-squares plane
@@ -174,7 +177,14 @@ class NYUDepthV2DataModule(DenseDataModule):
         return None if name is None else (Path(name) if Path(name).is_absolute() else self.root / name)
 
     def prepare_data(self) -> None:
-        """Nothing to download: the NYU files must already be in ``root``."""
+        """With ``download``, fetch the missing official files (Lightning runs this on one process per node)."""
+        if not self.hparams.download:
+            return
+        from densecnn.data.nyu import download_nyu_files
+
+        h = self.hparams
+        needed = [h.mat_file, h.splits_file] + ([h.mapping_file] if h.mapping_file and h.classes != "894" else [])
+        download_nyu_files([self._path(name) for name in needed])
 
     def make_dataset(self, split: str, train: bool) -> Dataset:
         from densecnn.data.nyu import NYUDepthV2Dataset

@@ -1,6 +1,8 @@
 """The NYU Depth v2 labeled-file reader on a tiny file in the official layout (HDF5 / MATLAB v7.3)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -107,3 +109,47 @@ def test_nyu_datamodule_batches_with_augmentation_and_class_names(nyu):
     assert batch["normals"].shape == (2, 3, 10, 14) and batch["semantic"].shape == (2, 10, 14)
     val = next(iter(dm.val_dataloader()))
     assert val["image"].shape == (2, 3, 12, 16) and val["name"] == ["nyu_0002", "nyu_0005"]
+
+
+def test_download_fetches_only_missing_official_files(nyu, tmp_path, monkeypatch):
+    """``download: true`` fetches the missing official files from where they are published, renaming each
+    into place only when complete; files already there are kept, and a failed download names file and URL."""
+    import shutil
+    import urllib.error
+
+    import torch.hub
+
+    from densecnn.data.nyu import NYU_URLS
+    from tasks.datamodules.dense import NYUDepthV2DataModule
+
+    source = nyu[0]
+    root = tmp_path / "fresh"
+    root.mkdir()
+    shutil.copy(source / "splits.mat", root / "splits.mat")  # already there: must not be fetched again
+    requested = []
+
+    def fake_download(url, dst, progress=True):
+        requested.append(url)
+        shutil.copy(source / Path(url).name, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    dm = NYUDepthV2DataModule(str(root), batch_size=2, mapping_file="classMapping40.mat", classes="13",
+                              image_size=(12, 16), crop_size=(10, 14), download=True)
+    dm.prepare_data()
+    assert requested == [NYU_URLS["nyu_depth_v2_labeled.mat"], NYU_URLS["classMapping40.mat"]]
+    dm.setup("fit")
+    assert len(dm.train_set) == 3 and dm.class_names == list(NYU13_CLASSES)
+    dm.prepare_data()  # everything present now: nothing fetched
+    assert len(requested) == 2
+
+    def offline(url, dst, progress=True):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    (root / "classMapping40.mat").unlink()
+    with pytest.raises(DataError, match=r"classMapping40.mat: could not download https://github.com/.*no route to host"):
+        dm.prepare_data()
+    assert (root / "nyu_depth_v2_labeled.mat").is_file() and not (root / "classMapping40.mat").exists()
+    other = NYUDepthV2DataModule(str(root), splits_file="my_split.mat", download=True)
+    with pytest.raises(DataError, match="my_split.mat: not found, and it is not one of the files that can be"):
+        other.prepare_data()
