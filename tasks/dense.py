@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 
 from densecnn.data import DataError
-from densecnn.weights import WeightsError, load_weights
 from densecnn.data.dense import write_depth_png, write_labels_png
 from densecnn.heads.dense import (DENSE_TARGETS, INPUT_MAP_CHANNELS, MultiScaleDenseHead, encode_input_map,
                                   finish_prediction)
@@ -33,6 +32,7 @@ from densecnn.losses import IGNORE_INDEX, depth_loss, normals_loss, semantic_los
 from densecnn.metrics import DepthMetrics, NormalMetrics, SemanticMetrics
 from densecnn.viz import save_png, to_uint8_images
 from densecnn.viz_dense import colourise_depth, default_palette, dense_panel, labels_to_rgb, normals_to_rgb, overlay
+from densecnn.weights import WeightsError, load_weights
 
 from .base import STAGES, BaseTask, CheckpointError
 
