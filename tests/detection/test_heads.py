@@ -114,3 +114,14 @@ def test_freeze_unused_parameters():
     unused = freeze_unused_parameters(backbone, [1], in_chans=3, size=32)  # S4: C5 and F6 are not needed
     assert set(unused) == {"c5.weight", "c5.bias", "f6.weight", "f6.bias"}
     assert backbone.c3.weight.requires_grad and not backbone.f6.weight.requires_grad
+
+
+def test_freeze_unused_parameters_when_the_used_maps_are_already_frozen():
+    """trainable_stages can freeze everything a detector's map depends on: the rest is then unused, not an
+    autograd error."""
+    backbone = create_backbone("lenet5", num_classes=0, in_chans=3)
+    for module in (backbone.c1, backbone.c3):
+        module.requires_grad_(False)
+    unused = freeze_unused_parameters(backbone, [1], in_chans=3, size=32)
+    assert set(unused) == {"c5.weight", "c5.bias", "f6.weight", "f6.bias"}
+    assert not any(p.requires_grad for p in backbone.parameters())

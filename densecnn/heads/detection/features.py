@@ -109,7 +109,10 @@ def freeze_unused_parameters(backbone: nn.Module, indices: Sequence[int], in_cha
     with torch.enable_grad():
         maps = backbone.forward_features(torch.zeros(1, in_chans, size, size))
         total = sum(maps[i].float().sum() for i in indices)
-        grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True) if named else []
+        if named and total.requires_grad:
+            grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+        else:  # every parameter the maps depend on is already frozen (e.g. by trainable_stages)
+            grads = [None] * len(named)
     backbone.train(was_training)
     unused = []
     for (name, p), grad in zip(named, grads):
