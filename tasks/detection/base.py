@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from densecnn.data import DataError, read_rgb
+from densecnn.heads.detection import freeze_batchnorm, set_trainable_stages
 from densecnn.metrics.detection import DetectionMetrics
 from densecnn.viz import save_png, to_uint8_images
 from densecnn.viz_detection import detection_grid, draw_detections
@@ -33,7 +34,7 @@ class DetectionTask(BaseTask):
     def __init__(self, backbone: str = "resnet18", num_classes: int = 20, weights: str | None = None,
                  class_names: list[str] | None = None, category_ids: list[int] | None = None,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                 **kwargs: Any):
+                 frozen_bn: bool = False, trainable_stages: int | None = None, **kwargs: Any):
         """
         Args:
             backbone, weights: see ``BaseTask``; any registered backbone (its ``forward_features``).
@@ -43,6 +44,9 @@ class DetectionTask(BaseTask):
             score_thresh, nms_thresh, detections_per_img: test-time filtering: class scores below
                 ``score_thresh`` are dropped, boxes of one class overlapping more than ``nms_thresh`` are
                 suppressed (per-class NMS), and at most ``detections_per_img`` are kept.
+            frozen_bn: replace the backbone's batch norm by ``FrozenBatchNorm2d`` (S1 L650).
+            trainable_stages: train only the last N ``feature_info`` stages (3: res3-res5 for ResNets, as
+                torchvision's reference); ``null`` trains everything.
         """
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"model.init_args.class_names has {len(class_names)} names for num_classes={num_classes}")
@@ -56,6 +60,14 @@ class DetectionTask(BaseTask):
     @abstractmethod
     def detect(self, images: torch.Tensor, batch: dict) -> list[dict[str, torch.Tensor]]:
         """Per image ``{"boxes"`` (xyxy, network-input pixels), ``"scores", "labels"}`` (labels 1..K)."""
+
+    def build_detection_backbone(self) -> nn.Module:
+        """The backbone as a feature extractor, with ``frozen_bn`` and ``trainable_stages`` applied."""
+        body = self.build_backbone(num_classes=0)
+        if self.hparams.frozen_bn:
+            freeze_batchnorm(body)
+        set_trainable_stages(body, self.hparams.trainable_stages)
+        return body
 
     def freeze_unused_backbone(self, indices: Sequence[int]) -> list[str]:
         """Freeze backbone parameters the detector never uses (see ``freeze_unused_parameters``), probing

@@ -14,8 +14,7 @@ from typing import Any, Literal
 import torch
 from torchvision.ops import roi_align, roi_pool
 
-from densecnn.heads.detection import (RoIBoxHead, detection_loss, freeze_batchnorm, postprocess_detections,
-                                      sample_rois, set_trainable_stages)
+from densecnn.heads.detection import RoIBoxHead, detection_loss, postprocess_detections, sample_rois
 
 from .base import DetectionTask
 
@@ -44,31 +43,26 @@ class FastRCNNTask(DetectionTask):
         fg_fraction: float = 0.25,
         fg_iou: float = 0.5,
         bg_iou_low: float = 0.1,
-        frozen_bn: bool = False,
-        trainable_stages: int | None = None,
         nms_thresh: float = 0.3,
         **kwargs: Any,
     ):
         """
         Args:
-            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img: ``DetectionTask``.
+            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img, frozen_bn,
+                trainable_stages: ``DetectionTask``.
             feature_index: the ``feature_info`` map RoIs are pooled from (the last conv map, VGG's conv5_3).
             roi_op, roi_size: ``pool`` (the paper's RoI max pooling) or ``align`` (bilinear), to
                 ``roi_size`` x ``roi_size`` (7 for VGG-16).
             hidden_dim, dropout: fc6/fc7 width (4096 in the paper) and dropout.
             rois_per_image: R / N, RoIs sampled per image (the paper: 128 RoIs from N = 2 images).
             fg_fraction, fg_iou, bg_iou_low: 25% foreground at IoU >= 0.5, background IoU in [0.1, 0.5).
-            frozen_bn, trainable_stages: as ``FasterRCNNTask`` (for backbones with batch norm).
         """
         super().__init__(backbone=backbone, num_classes=num_classes, weights=weights, nms_thresh=nms_thresh,
                          **kwargs)
 
     def configure_models(self) -> None:
         h = self.hparams
-        self.backbone = self.build_backbone(num_classes=0)
-        if h.frozen_bn:
-            freeze_batchnorm(self.backbone)
-        set_trainable_stages(self.backbone, h.trainable_stages)
+        self.backbone = self.build_detection_backbone()
         self.freeze_unused_backbone([h.feature_index])
         info = self.backbone.feature_info[h.feature_index]
         self.spatial_scale = 1.0 / info.reduction

@@ -25,7 +25,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from densecnn.heads.detection import BackboneFeatures, LastStageBoxHead, freeze_batchnorm, set_trainable_stages
+from densecnn.heads.detection import BackboneFeatures, LastStageBoxHead
 
 from .base import DetectionTask
 
@@ -78,9 +78,8 @@ class FasterRCNNTask(DetectionTask):
             backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img: see
                 ``DetectionTask``; ``nms_thresh`` 0.3 is the ResNet paper's (S1 L668).
             box_head, fpn, fpn_levels, fpn_channels: the layout (module docstring).
-            frozen_bn: replace the backbone's batch norm by ``FrozenBatchNorm2d`` (S1 L650).
-            trainable_stages: train only the last N ``feature_info`` stages (3: res3-res5 for ResNets, as
-                torchvision's reference); ``null`` trains everything.
+            frozen_bn, trainable_stages: see ``DetectionTask``; on by default here, as the ResNet paper's
+                detection appendix fine-tunes (frozen BN, res3-res5 trained).
             anchor_sizes, aspect_ratios: anchors (Faster R-CNN: 3 scales x 3 ratios on one map; with FPN one
                 size per pyramid level, so ``fpn_levels + 1`` sizes).
             rpn_*: RPN proposal counts, NMS and mini-batch; 300 proposals at test (S1 L652).
@@ -89,14 +88,11 @@ class FasterRCNNTask(DetectionTask):
             feature_index: the ``feature_info`` map the ``mlp`` head works on (default the last).
         """
         super().__init__(backbone=backbone, num_classes=num_classes, weights=weights, nms_thresh=nms_thresh,
-                         **kwargs)
+                         frozen_bn=frozen_bn, trainable_stages=trainable_stages, **kwargs)
 
     def configure_models(self) -> None:
         h = self.hparams
-        body = self.build_backbone(num_classes=0)
-        if h.frozen_bn:
-            freeze_batchnorm(body)
-        set_trainable_stages(body, h.trainable_stages)
+        body = self.build_detection_backbone()
         self.backbone = body
         sizes, ratios = tuple(int(s) for s in h.anchor_sizes), tuple(float(r) for r in h.aspect_ratios)
         if h.fpn:

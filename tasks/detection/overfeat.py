@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from densecnn.backbones import get_entry
-from densecnn.heads.detection import (ConvWindowHead, detection_loss, freeze_batchnorm, postprocess_detections,
-                                      sample_indices, set_trainable_stages, window_grid)
+from densecnn.heads.detection import ConvWindowHead, detection_loss, postprocess_detections, sample_indices, window_grid
 
 from .base import DetectionTask
 
@@ -48,14 +47,13 @@ class OverFeatTask(DetectionTask):
         windows_per_image: int = 64,
         fg_fraction: float = 0.25,
         fg_iou: float = 0.5,
-        frozen_bn: bool = False,
-        trainable_stages: int | None = None,
         nms_thresh: float = 0.3,
         **kwargs: Any,
     ):
         """
         Args:
-            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img: ``DetectionTask``.
+            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img, frozen_bn,
+                trainable_stages: ``DetectionTask``.
             feature_index: the ``feature_info`` map the convolutional classifier slides over.
             window: the window side in pixels (the backbone's input size by default: 227 for AlexNet); its
                 feature map must be square.
@@ -63,7 +61,6 @@ class OverFeatTask(DetectionTask):
             hidden_dim, dropout: width of the fc6/fc7 convolutions, and their dropout.
             windows_per_image, fg_fraction, fg_iou: training windows sampled per image, 25% foreground
                 at IoU >= 0.5, the rest background.
-            frozen_bn, trainable_stages: as ``FasterRCNNTask``.
         """
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"model.init_args.scales must be positive factors, got {list(scales)}")
@@ -72,10 +69,7 @@ class OverFeatTask(DetectionTask):
 
     def configure_models(self) -> None:
         h = self.hparams
-        self.backbone = self.build_backbone(num_classes=0)
-        if h.frozen_bn:
-            freeze_batchnorm(self.backbone)
-        set_trainable_stages(self.backbone, h.trainable_stages)
+        self.backbone = self.build_detection_backbone()
         self.freeze_unused_backbone([h.feature_index])
         entry = get_entry(h.backbone)
         self.window = int(h.window or entry.input_size[-1])

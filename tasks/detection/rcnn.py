@@ -24,8 +24,8 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from densecnn.backbones import get_entry
-from densecnn.heads.detection import (BoxPredictor, context_boxes, detection_loss, freeze_batchnorm,
-                                      postprocess_detections, sample_rois, set_trainable_stages, warp_regions)
+from densecnn.heads.detection import (BoxPredictor, context_boxes, detection_loss, postprocess_detections,
+                                      sample_rois, warp_regions)
 
 from .base import DetectionTask
 from .fast_rcnn import proposals_of
@@ -49,14 +49,13 @@ class RCNNTask(DetectionTask):
         svm_negatives_per_positive: int = 3,
         svm_loss_weight: float = 1.0,
         crop_batch_size: int = 256,
-        frozen_bn: bool = False,
-        trainable_stages: int | None = None,
         nms_thresh: float = 0.3,
         **kwargs: Any,
     ):
         """
         Args:
-            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img: ``DetectionTask``.
+            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img, frozen_bn,
+                trainable_stages: ``DetectionTask``.
             crop_size: the warped region's side; defaults to the backbone's input size (227 for AlexNet).
             context: pixels of context around each warped proposal (16 in the paper).
             classifier: ``softmax`` or the paper's per-class linear ``svm`` (scores are the SVM margins
@@ -72,10 +71,7 @@ class RCNNTask(DetectionTask):
 
     def configure_models(self) -> None:
         h = self.hparams
-        self.backbone = self.build_backbone(num_classes=0)
-        if h.frozen_bn:
-            freeze_batchnorm(self.backbone)
-        set_trainable_stages(self.backbone, h.trainable_stages)
+        self.backbone = self.build_detection_backbone()
         self.crop_size = int(h.crop_size or get_entry(h.backbone).input_size[-1])
         if 2 * h.context >= self.crop_size:
             raise ValueError(f"model.init_args.context {h.context} leaves no room in a {self.crop_size} px crop")
