@@ -9,9 +9,9 @@ def main() -> None:
 
         sys.exit(summary_main(sys.argv[2:]))
 
-    from tasks.cli import main as cli_main
+    from tasks.cli import run
 
-    cli_main()
+    sys.exit(run())
 
 
 if __name__ == "__main__":

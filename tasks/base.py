@@ -7,8 +7,9 @@
 * one shared step for train/val/test: subclasses implement ``compute_loss(batch, stage) -> (loss, outputs)``
   and ``update_metrics(stage, outputs, batch)``;
 * optimizer and schedule from plain arguments (so they read in YAML and travel in the checkpoint):
-  SGD with momentum and weight decay or AdamW; step, multi-step, plateau or cosine decay; linear or
-  constant warm-up; a lower learning rate for the backbone;
+  SGD with momentum and weight decay or AdamW (no decay on norm layers, biases and other 1-D parameters
+  unless asked); step, multi-step, plateau or cosine decay; linear or constant warm-up; a lower learning
+  rate for the backbone;
 * fine-tuning: ``freeze_backbone`` trains only the task's head ("re-train just the softmax", S3 L144-151),
   ``unfreeze_backbone_at_epoch`` releases the backbone later at ``lr * backbone_lr_scale``;
 * pictures go to every configured logger that takes images and, always, to ``<log dir>/pictures``;
@@ -16,6 +17,7 @@
 """
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from abc import ABC, abstractmethod
@@ -25,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import BaseFinetuning, Callback, ModelCheckpoint
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -33,6 +35,9 @@ from densecnn import create_backbone
 from densecnn.data import DataError
 from densecnn.viz import save_png
 
+from .checkpoints import (CheckpointError, collect_rng_states, default_checkpoints, is_lightning_default_checkpoint,
+                          read_checkpoint, restore_rng_states, use_atomic_checkpoint_io)
+from .optim import no_weight_decay_patterns, param_groups
 from .utils import local_log_dir
 
 STAGES = ("train", "val", "test")
@@ -40,14 +45,12 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "step", "multistep", "plateau", "cosine")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not belong to the task (or class count) it is loaded into."""
-
-
 class BaseTask(pl.LightningModule, ABC):
     #: the metric the default checkpoint callback and the plateau schedule follow
     monitor: str = "val/loss"
     monitor_mode: Literal["min", "max"] = "min"
+    #: hyper-parameters that make a checkpoint fit only its own model: a run given a checkpoint refuses other values
+    identity_hparams: tuple[str, ...] = ("backbone", "backbone_kwargs", "num_classes")
 
     def __init__(
         self,
@@ -60,6 +63,7 @@ class BaseTask(pl.LightningModule, ABC):
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 5e-4,
+        weight_decay_norm_and_bias: bool = False,
         lr_scheduler: Literal["none", "step", "multistep", "plateau", "cosine"] = "none",
         lr_scheduler_kwargs: dict[str, Any] | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -70,6 +74,8 @@ class BaseTask(pl.LightningModule, ABC):
         unfreeze_backbone_at_epoch: int | None = None,
         backbone_lr_scale: float = 1.0,
         num_log_images: int = 16,
+        checkpoint_every_n_minutes: float | None = 10.0,
+        checkpoint_every_n_steps: int | None = None,
     ):
         """
         Args:
@@ -79,17 +85,29 @@ class BaseTask(pl.LightningModule, ABC):
             backbone_kwargs: architecture options passed to ``create_backbone`` (e.g. ``{shortcut: A}``).
             strict_weights: missing/unexpected keys in ``weights`` are an error (True) or a warning.
             optimizer: ``sgd`` (momentum, nesterov, weight decay: the papers' recipe) or ``adamw``.
+            weight_decay_norm_and_bias: False (the default, timm's convention): norm layers' weights and
+                biases, all biases, layer scales (every 1-D parameter) and what a timm model lists in
+                ``no_weight_decay()`` (a ViT's ``pos_embed``, ``cls_token``) get no weight decay; True: every
+                parameter decays, as in the original papers.
             lr_scheduler: ``none``, ``step`` (``{step_size, gamma}``), ``multistep`` (``{milestones, gamma}``),
                 ``plateau`` (divide by 10 when the monitored metric stops improving: ``{factor, patience}``)
-                or ``cosine`` (``{T_max, eta_min}``, T_max defaults to the run's length).
-            lr_scheduler_interval: step the schedule every ``epoch`` or every optimizer ``step``.
+                or ``cosine`` (``{T_max, eta_min}``; T_max defaults to the rest of the run after warm-up).
+            lr_scheduler_interval: step the schedule every ``epoch`` or every optimizer ``step``. A cosine
+                without ``T_max`` runs per step when ``trainer.max_steps`` is set or ``max_epochs`` is not;
+                per step it starts after the warm-up, per epoch the warm-up scales its first steps.
             warmup_steps: optimizer steps of warm-up before the schedule: ``linear`` from
                 ``warmup_start_factor * lr`` to ``lr``, or ``constant`` at ``warmup_start_factor * lr``
                 (ResNet-110's 0.01-then-0.1, S1 L542-548).
             freeze_backbone: train only the head (the backbone's classifier and any task head).
-            unfreeze_backbone_at_epoch: with ``freeze_backbone``, release the backbone at this epoch.
+            unfreeze_backbone_at_epoch: with ``freeze_backbone``, release the backbone at this epoch (also
+                when a run resumes past it); it joins the optimizer at ``lr * backbone_lr_scale``, scaled by
+                the schedule's current factor, with the same weight-decay split.
             backbone_lr_scale: learning-rate multiplier for the backbone's feature layers.
             num_log_images: how many examples the validation/test pictures show.
+            checkpoint_every_n_minutes, checkpoint_every_n_steps: besides the best checkpoint and ``last.ckpt``
+                at each validation, the default checkpointing rewrites ``last.ckpt`` this often during training
+                (``null`` turns either off), so ``fit --ckpt_path last`` after a kill continues from there.
+                Used only when ``trainer.callbacks`` configures no ``ModelCheckpoint``.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -187,9 +205,10 @@ class BaseTask(pl.LightningModule, ABC):
         return [p for p in self.backbone.parameters() if id(p) not in head]
 
     def body_modules(self) -> list[nn.Module]:
-        """Leaf modules of the backbone outside the head: what ``freeze_backbone`` freezes."""
+        """The backbone's modules outside the head that own parameters directly, leaves or not (Jarrett's gains,
+        a ViT's ``pos_embed``, layer scales): what ``freeze_backbone`` freezes."""
         head = {id(m) for h in self.head_modules() for m in h.modules()}
-        return [m for m in self.backbone.modules() if not list(m.children()) and id(m) not in head]
+        return [m for m in BaseFinetuning.flatten_modules(self.backbone) if id(m) not in head]
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.backbone(x)
@@ -219,13 +238,19 @@ class BaseTask(pl.LightningModule, ABC):
         return loss
 
     # ---- optimisation --------------------------------------------------------------------------------------
+    def param_groups(self, named_params: list[tuple[str, nn.Parameter]], lr: float) -> list[dict]:
+        """Optimizer groups for these parameters at ``lr``, split by ``weight_decay_norm_and_bias``; also what
+        ``FreezeBackbone`` adds when it releases the backbone."""
+        h = self.hparams
+        return param_groups(named_params, lr, h.weight_decay, decay_norm_and_bias=h.weight_decay_norm_and_bias,
+                            no_weight_decay=() if h.weight_decay_norm_and_bias else no_weight_decay_patterns(self))
+
     def configure_optimizers(self) -> Any:
         h = self.hparams
         body = {id(p) for p in self.backbone_body_parameters()}
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in trainable if id(p) in body], "lr": h.lr * h.backbone_lr_scale},
-                  {"params": [p for p in trainable if id(p) not in body], "lr": h.lr}]
-        groups = [g for g in groups if g["params"]]
+        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        groups = (self.param_groups([(n, p) for n, p in trainable if id(p) in body], h.lr * h.backbone_lr_scale)
+                  + self.param_groups([(n, p) for n, p in trainable if id(p) not in body], h.lr))
         if not groups:
             raise ValueError(f"{type(self).__name__}: no trainable parameters (is everything frozen?)")
         if h.optimizer == "sgd":
@@ -233,22 +258,27 @@ class BaseTask(pl.LightningModule, ABC):
                                         weight_decay=h.weight_decay)
         else:
             optimizer = torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
-        schedulers = []
+        sched = torch.optim.lr_scheduler
+        warmup = None
         if h.warmup_steps > 0:
             if h.warmup_mode == "linear":
-                warmup = torch.optim.lr_scheduler.LinearLR(optimizer, h.warmup_start_factor, 1.0, h.warmup_steps)
+                warmup = sched.LinearLR(optimizer, h.warmup_start_factor, 1.0, h.warmup_steps)
             else:
-                warmup = torch.optim.lr_scheduler.ConstantLR(optimizer, h.warmup_start_factor, h.warmup_steps)
-            schedulers.append({"scheduler": warmup, "interval": "step", "name": "warmup"})
+                warmup = sched.ConstantLR(optimizer, h.warmup_start_factor, h.warmup_steps)
         main = self._main_scheduler(optimizer)
-        if main is not None:
-            schedulers.append(main)
-        return [optimizer], schedulers
+        if warmup is not None and main is not None and main["name"] == "cosine" and main["interval"] == "step":
+            # warm-up, then the cosine over the remaining steps (its T_max excludes the warm-up)
+            main["scheduler"] = sched.SequentialLR(optimizer, [warmup, main["scheduler"]], [h.warmup_steps])
+            return [optimizer], [main]
+        # Other schedules multiply the warm-up's factor: their milestones count from the start of the run.
+        schedulers = [{"scheduler": warmup, "interval": "step", "name": "warmup"}] if warmup is not None else []
+        return [optimizer], schedulers + ([main] if main is not None else [])
 
     def _main_scheduler(self, optimizer: torch.optim.Optimizer) -> dict | None:
         h = self.hparams
         kwargs = dict(h.lr_scheduler_kwargs or {})
         sched = torch.optim.lr_scheduler
+        interval = h.lr_scheduler_interval
         try:
             if h.lr_scheduler == "none":
                 return None
@@ -261,25 +291,46 @@ class BaseTask(pl.LightningModule, ABC):
                                                     **{"factor": 0.1, "patience": 5, **kwargs})
                 return {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch", "name": "plateau"}
             else:
-                length = (self.trainer.estimated_stepping_batches if h.lr_scheduler_interval == "step"
-                          else max(1, self.trainer.max_epochs or 1))
-                scheduler = sched.CosineAnnealingLR(optimizer, **{"T_max": int(length), **kwargs})
+                if "T_max" not in kwargs:
+                    interval, kwargs["T_max"] = self._cosine_length()
+                scheduler = sched.CosineAnnealingLR(optimizer, **kwargs)
         except TypeError as err:
             raise ValueError(f"model.init_args.lr_scheduler_kwargs {kwargs} do not fit lr_scheduler "
                              f"{h.lr_scheduler!r}: {err}") from err
-        return {"scheduler": scheduler, "interval": h.lr_scheduler_interval, "name": h.lr_scheduler}
+        return {"scheduler": scheduler, "interval": interval, "name": h.lr_scheduler}
+
+    def _cosine_length(self) -> tuple[str, int]:
+        """The cosine's interval and length: the run's epochs when they bound it and the schedule steps per
+        epoch, else its optimizer steps after the warm-up."""
+        h, trainer = self.hparams, self.trainer
+        epochs = trainer.max_epochs
+        if h.lr_scheduler_interval == "epoch" and trainer.max_steps == -1 and epochs not in (None, -1):
+            return "epoch", max(1, int(epochs))
+        total = trainer.estimated_stepping_batches  # max_steps, or max_epochs x batches, whichever ends first
+        if not math.isfinite(total):
+            raise ValueError("model.init_args.lr_scheduler cosine needs a run of known length: set "
+                             "trainer.max_epochs or trainer.max_steps, or lr_scheduler_kwargs.T_max")
+        return "step", max(1, int(total) - h.warmup_steps)
 
     # ---- callbacks, pictures, checkpoints ------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
+        """Callbacks every run gets. Lightning lets these replace the user's callbacks of the same type, so
+        checkpointing and the learning-rate monitor are added only where the user configured none."""
+        from pytorch_lightning.callbacks import LearningRateMonitor
+
         from .callbacks import FreezeBackbone, MetricsJSONWriter, PredictionWriter
 
         callbacks: list[Callback] = [MetricsJSONWriter()]
         trainer = self.trainer
+        use_atomic_checkpoint_io(trainer)
         if trainer.training:
             existing = trainer.checkpoint_callbacks
-            if existing and all(cb.monitor is None for cb in existing):
-                callbacks.append(ModelCheckpoint(monitor=self.monitor, mode=self.monitor_mode, save_last=True,
-                                                 filename="best-epoch{epoch:03d}", auto_insert_metric_name=False))
+            if existing and all(is_lightning_default_checkpoint(cb) for cb in existing):
+                h = self.hparams
+                callbacks += default_checkpoints(self.monitor, self.monitor_mode, h.checkpoint_every_n_minutes,
+                                                 h.checkpoint_every_n_steps)
+            if trainer.loggers and not any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks):
+                callbacks.append(LearningRateMonitor(logging_interval="step"))
             if self.freezes_body():
                 callbacks.append(FreezeBackbone(self.hparams.unfreeze_backbone_at_epoch,
                                                 self.hparams.backbone_lr_scale))
@@ -294,30 +345,47 @@ class BaseTask(pl.LightningModule, ABC):
         return local_log_dir(self.trainer)
 
     def log_picture(self, tag: str, picture: np.ndarray) -> Path | None:
-        """Send an HxWx3 uint8 picture to the loggers that take images and save it under ``pictures/``."""
+        """Send an HxWx3 uint8 picture to the loggers that take images (at the global step, so pictures line up
+        with the curves) and save it under the run's ``pictures/``."""
         if not self.trainer.is_global_zero:
             return None
-        step = self.current_epoch
+        step = self.global_step
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):  # TensorBoard
                 experiment.add_image(tag, picture, step, dataformats="HWC")
             elif hasattr(logger, "log_image"):  # W&B, Neptune, ...
                 logger.log_image(key=tag, images=[picture], step=step)
+            elif hasattr(experiment, "log_image") and getattr(logger, "run_id", None):  # MLflow
+                experiment.log_image(logger.run_id, picture, key=re.sub(r"[^A-Za-z0-9_./-]+", "_", tag), step=step)
         folder = self.run_dir / "pictures"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', tag)}_epoch{step:03d}.png"
+        path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', tag)}_epoch{self.current_epoch:03d}.png"
         save_png(picture, path)
         return path
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["densecnn"] = {"task": type(self).__name__}
+        # who saved it (identity checks), the global generators (an exact resume), and the log run to continue
+        info: dict[str, Any] = {"task": type(self).__name__, "rng": collect_rng_states()}
+        logger = self.logger if self._trainer is not None else None
+        if logger is not None:
+            info["log"] = {"logger": type(logger).__name__, "version": logger.version, "name": logger.name,
+                           "save_dir": logger.save_dir}
+        checkpoint["densecnn"] = info
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from pytorch_lightning.trainer.states import TrainerFn
+
+        states = (checkpoint.get("densecnn") or {}).get("rng")
+        if states is not None and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            restore_rng_states(states)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
         """Lightning's loader, plus: the checkpoint must come from this task (``BaseTask`` loads any task),
-        and the backbone's original ``weights`` file is not read again (its tensors are in the checkpoint)."""
-        saved = _saved_task_name(checkpoint_path)
+        and the backbone's original ``weights`` file is not read again (its tensors are in the checkpoint).
+        Local paths, fsspec URLs (``s3://``, ``memory://``, ...) and http(s) URLs are read."""
+        saved = checkpoint_task_name(read_checkpoint(checkpoint_path), checkpoint_path)
         target = cls
         if saved is not None:
             if cls is BaseTask:
@@ -338,17 +406,9 @@ class BaseTask(pl.LightningModule, ABC):
                                   f"hyper-parameters{f' and overrides {overrides}' if overrides else ''}: {err}") from err
 
 
-def _saved_task_name(path) -> str | None:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except FileNotFoundError as err:
-        raise CheckpointError(f"{path}: checkpoint not found") from err
-    except Exception as err:  # noqa: BLE001  (any unreadable file gets the same clear message)
-        raise CheckpointError(f"{path}: not a readable densecnn/Lightning checkpoint ({err})") from err
-    info = checkpoint.get("densecnn") if isinstance(checkpoint, dict) else None
-    if isinstance(checkpoint, dict) and "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict'); to start a task from plain "
-                              f"backbone weights pass them as model.init_args.weights")
+def checkpoint_task_name(checkpoint: dict[str, Any], path) -> str | None:
+    """The task class that saved ``checkpoint`` (None, with a warning, for a checkpoint densecnn did not write)."""
+    info = checkpoint.get("densecnn")
     if info is None:
         warnings.warn(f"{path}: not written by densecnn; loading it without checking which task saved it",
                       stacklevel=3)

@@ -4,15 +4,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.callbacks import BaseFinetuning, BasePredictionWriter, Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .optim import extend_schedulers
 from .utils import local_log_dir
 
 
@@ -48,40 +52,84 @@ class MetricsJSONWriter(Callback):
 
 
 class FreezeBackbone(BaseFinetuning):
-    """Freeze the backbone's feature layers (the task's head trains), optionally unfreezing them at epoch
-    ``unfreeze_at_epoch`` with learning rate ``lr * lr_scale``. Frozen batch-norm layers are kept in eval
-    mode so their ImageNet statistics are used as they are, as for detection fine-tuning (S1 L650)."""
+    """Freeze the backbone's feature layers (every parameter outside the task's ``head_modules``; the head
+    trains), optionally releasing them from epoch ``unfreeze_at_epoch`` on at ``lr * lr_scale``. Frozen
+    batch-norm layers are kept in eval mode so their ImageNet statistics are used as they are, as for
+    detection fine-tuning (S1 L650); released, they train again.
+
+    The release adds the backbone to the optimizer with the task's weight-decay split (``param_groups``) at
+    the schedule's current factor, and the schedulers drive the new groups from then on. A run resumed past
+    the release gets those groups back from the checkpoint (``BaseFinetuning`` stores them) and they are
+    not added twice."""
 
     def __init__(self, unfreeze_at_epoch: int | None = None, lr_scale: float = 1.0):
         super().__init__()
         self.unfreeze_at_epoch = unfreeze_at_epoch
         self.lr_scale = lr_scale
+        self._released: list[torch.nn.Parameter] = []
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        self.freeze(pl_module.body_modules(), train_bn=False)
+        # body_modules is already flat (BaseFinetuning.flatten_modules minus the head): module by module, as
+        # freeze() would flatten a parent again and reach the head inside it.
+        modules = pl_module.body_modules()
+        # The release gives back only what this froze: stages a task froze itself (a detector's
+        # trainable_stages, stages its heads never use) stay frozen. Merged, as setup runs again per stage.
+        trainable = [p for m in modules for p in m.parameters(recurse=False) if p.requires_grad]
+        self._released = list({id(p): p for p in self._released + trainable}.values())
+        for module in modules:
+            self.freeze_module(module)
 
     def _still_frozen(self, epoch: int) -> bool:
         return self.unfreeze_at_epoch is None or epoch < self.unfreeze_at_epoch
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run resumed mid-epoch skips that epoch's on_train_epoch_start; repeating it is harmless.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
-        if self._still_frozen(trainer.current_epoch):
-            for module in pl_module.body_modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+        extend_schedulers(config.scheduler for config in trainer.lr_scheduler_configs)
+        # Lightning keeps each module's mode across validation and never calls train() per epoch, so both
+        # directions are set here, every epoch (a resumed run starts with every module in train mode).
+        frozen = self._still_frozen(trainer.current_epoch)
+        for module in pl_module.body_modules():
+            if isinstance(module, _BatchNorm):
+                module.train(not frozen)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer) -> None:
-        if self.unfreeze_at_epoch is not None and epoch == self.unfreeze_at_epoch:
-            lr = optimizer.param_groups[0]["lr"] * self.lr_scale
-            self.unfreeze_and_add_param_group(pl_module.body_modules(), optimizer, lr=lr, train_bn=True)
+        if self._still_frozen(epoch):
+            return
+        for module in pl_module.body_modules():
+            if isinstance(module, _BatchNorm):
+                module.track_running_stats = True
+        for param in self._released:
+            param.requires_grad_(True)
+        # Identity, not Lightning's filter_on_optimizer: that compares values, so a fresh BN layer would look
+        # like any other already in the optimizer.
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        released = {id(p) for p in self._released} - present
+        named = [(n, p) for n, p in pl_module.named_parameters() if id(p) in released]
+        if not named:
+            return
+        # The first group is the head's at the base lr: the new groups start at the same point of the schedule
+        # (exact for multiplicative schedules, cosine with eta_min 0 included).
+        reference = optimizer.param_groups[0]
+        base = reference.get("initial_lr", reference["lr"])
+        factor = reference["lr"] / base if base else 1.0
+        for group in pl_module.param_groups(named, base * self.lr_scale):
+            group["initial_lr"] = group["lr"]
+            group["lr"] = group["lr"] * factor
+            optimizer.add_param_group(group)
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``predict`` outputs under ``<log dir>/predictions`` in the task's formats.
+    """Writes ``predict`` outputs under ``<run dir>/predictions`` in the task's formats.
 
     The task provides ``prediction_records(prediction, batch, out_dir, batch_idx) -> list[dict]`` (it may also
-    write per-sample files there) and ``save_predictions(records, out_dir)``, which rank zero calls once with
-    every rank's records, so a DDP run produces one file as a single process does.
+    write per-sample files under ``out_dir``, named in its records relative to it) and
+    ``save_predictions(records, out_dir)``, which rank zero calls once with every rank's records, so a DDP run
+    produces what a single process does. Under DDP the other ranks write into a local staging folder and send
+    their records and files to rank zero through ``torch.distributed`` (no shared filesystem is needed).
     """
 
     def __init__(self, output_dir: str | None = None):
@@ -90,10 +138,14 @@ class PredictionWriter(BasePredictionWriter):
         self._records: list[dict] = []
         self._out: Path | None = None
 
+    def _distributed(self, trainer: pl.Trainer) -> bool:
+        return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Resolved once, on every rank together: Trainer.log_dir is a collective, and ranks may see different
-        # numbers of batches, so it must not be called per batch.
-        self._out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
+        if trainer.is_global_zero or not self._distributed(trainer):
+            self._out = Path(self.output_dir) if self.output_dir else local_log_dir(trainer) / "predictions"
+        else:
+            self._out = Path(tempfile.mkdtemp(prefix=f"densecnn-predict-rank{trainer.global_rank}-"))
         self._out.mkdir(parents=True, exist_ok=True)
         self._records = []
 
@@ -101,18 +153,19 @@ class PredictionWriter(BasePredictionWriter):
         self._records.extend(pl_module.prediction_records(prediction, batch, self._out, batch_idx))
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        out = self._out
-        records = self._records
-        if trainer.world_size > 1:
-            part = out / f".records.rank{trainer.global_rank}.json"
-            part.write_text(json.dumps(records))
-            trainer.strategy.barrier("densecnn_predictions")
-            if trainer.is_global_zero:
-                parts = sorted(out.glob(".records.rank*.json"))
-                records = [r for p in parts for r in json.loads(p.read_text())]
-                for p in parts:
-                    p.unlink()
-            trainer.strategy.barrier("densecnn_predictions_merged")
-        if trainer.is_global_zero:
-            written = pl_module.save_predictions(records, out)
-            print(f"predictions written to {written}")
+        out, records = self._out, self._records
+        if self._distributed(trainer):
+            files = {} if trainer.is_global_zero else {str(p.relative_to(out)): p.read_bytes()
+                                                        for p in out.rglob("*") if p.is_file()}
+            gathered = [None] * trainer.world_size if trainer.is_global_zero else None
+            dist.gather_object((records, files), gathered, dst=0)
+            if not trainer.is_global_zero:
+                shutil.rmtree(out, ignore_errors=True)
+                return
+            records = [r for rank_records, _ in gathered for r in rank_records]
+            for _, rank_files in gathered:
+                for relative, data in rank_files.items():
+                    (out / relative).parent.mkdir(parents=True, exist_ok=True)
+                    (out / relative).write_bytes(data)
+        written = pl_module.save_predictions(records, out)
+        print(f"predictions written to {written}")

@@ -43,6 +43,7 @@ MONITORS = {"depth": ("depth/rmse", "min"), "normals": ("normals/mean", "min"), 
 class DensePredictionTask(BaseTask):
     monitor = "val/depth/rmse"
     monitor_mode = "min"
+    identity_hparams = (*BaseTask.identity_hparams, "targets", "input_maps")
 
     def __init__(
         self,

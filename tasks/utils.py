@@ -8,14 +8,21 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 
 def local_log_dir(trainer: pl.Trainer) -> Path:
-    """The run's log directory as this process sees it, without a collective call.
+    """The run's own directory for files (``metrics.json``, ``pictures/``, ``predictions/``), without a
+    collective call.
 
-    ``Trainer.log_dir`` broadcasts rank zero's value, so calling it from code that only rank zero runs
-    deadlocks DDP. Rank zero's own answer is the authoritative one; use this wherever only rank zero writes.
+    TensorBoard and CSV have their ``version_N`` folder. For other loggers (W&B, MLflow, ...) it is
+    ``<save_dir>/<name>/<version>``, where Lightning's ``ModelCheckpoint`` puts their checkpoints; Lightning's
+    own ``Trainer.log_dir`` would be the bare ``save_dir``, shared by every run (or the working directory).
+    ``Trainer.log_dir`` is also a collective, which deadlocks DDP when only rank zero calls it; rank zero's own
+    answer is the authoritative one.
     """
     if trainer.loggers:
         logger = trainer.loggers[0]
-        path = logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else logger.save_dir
-        if path is not None:
-            return Path(path)
+        if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+            return Path(logger.log_dir)
+        if logger.save_dir is not None:
+            version = logger.version
+            version = version if isinstance(version, str) else f"version_{version}"
+            return Path(str(logger.save_dir).removeprefix("file:"), str(logger.name), version)
     return Path(trainer.default_root_dir)

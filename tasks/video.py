@@ -41,6 +41,7 @@ PROBE_LOSSES = ("hinge", "cross_entropy")
 
 class VideoClassificationTask(BaseTask):
     monitor_mode = "max"
+    identity_hparams = (*BaseTask.identity_hparams, "clip_len", "crop_size", "feature_protocol")
 
     def __init__(
         self,
@@ -298,7 +299,7 @@ class VideoClassificationTask(BaseTask):
                     writer.writerow([k, start, names[top], f"{float(p[top]):.6f}", *[f"{float(v):.6f}" for v in p]])
             records.append({"file": path, "label": names[label], "probability": float(probs[i, label]),
                             "clip_scores": [round(float(v), 6) for v in clip_probs[i, :, label]],
-                            "probs": [round(float(v), 6) for v in probs[i]], "clips_csv": str(clip_file)})
+                            "probs": [round(float(v), 6) for v in probs[i]], "clips_csv": str(clip_file.relative_to(out_dir))})
         return records
 
     def save_predictions(self, records: Sequence[dict], out_dir: Path) -> Path:

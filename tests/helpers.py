@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
+from pytorch_lightning import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart"
@@ -23,3 +29,48 @@ def run_fresh(args: list[str], timeout: int = 600, cwd: Path = REPO) -> subproce
     """Run ``python <args>`` in a new interpreter (nothing cached from this test process)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+class SlowTraining(Callback):
+    """Sleeps after every training batch: widens the window in which a test kills a run mid-epoch."""
+
+    def __init__(self, seconds: float = 0.2):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        time.sleep(self.seconds)
+
+
+def densecnn_command(subcommand: str, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "densecnn", subcommand, *args]
+
+
+def fit_killed_mid_run(args: list[str], watch: Path, after_step: int, timeout: float = 300,
+                       cwd: Path = REPO) -> Path:
+    """Start ``python -m densecnn fit args``, SIGKILL it as soon as a ``last.ckpt`` under ``watch`` holds at least
+    ``after_step`` optimizer steps, and return a copy of that checkpoint as it was at the kill."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(densecnn_command("fit", args), cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"the run ended before it could be killed: {process.stderr.read()[-3000:]}")
+            for path in watch.rglob("last.ckpt"):
+                try:
+                    step = torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+                except Exception:  # noqa: BLE001  (being replaced right now: look again)
+                    continue
+                if step >= after_step:
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(timeout=30)
+                    copy = path.with_name("at_kill.ckpt.bak")
+                    shutil.copyfile(path, copy)
+                    return copy
+            time.sleep(0.02)
+        raise AssertionError(f"no last.ckpt with {after_step} steps under {watch} within {timeout} s")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

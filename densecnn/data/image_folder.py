@@ -11,10 +11,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from densecnn.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data: the message names the file or folder and what is wrong with it."""
 
 

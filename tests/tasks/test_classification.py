@@ -76,7 +76,7 @@ def _optimizers(task: ClassificationTask, max_epochs: int = 10):
 
 def test_sgd_with_lower_backbone_lr_and_plateau_schedule():
     task = _task(lr=0.1, momentum=0.9, weight_decay=1e-4, backbone_lr_scale=0.1, lr_scheduler="plateau",
-                 lr_scheduler_kwargs={"patience": 2})
+                 lr_scheduler_kwargs={"patience": 2}, weight_decay_norm_and_bias=True)
     [optimizer], [plateau] = _optimizers(task)
     assert isinstance(optimizer, torch.optim.SGD)
     body, head = optimizer.param_groups
@@ -141,8 +141,8 @@ def test_unfreeze_at_epoch_adds_the_backbone_at_a_lower_lr(classification_root, 
     task = _task(freeze_backbone=True, unfreeze_backbone_at_epoch=1, backbone_lr_scale=0.1, lr=0.05)
     before = task.backbone.conv1.weight.clone()
     trainer = _fit(task, classification_root, tmp_path, epochs=2)
-    groups = trainer.optimizers[0].param_groups
-    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(0.005)
+    groups = trainer.optimizers[0].param_groups  # the head's, then the backbone's, with and without decay
+    assert [g["lr"] for g in groups] == pytest.approx([0.05, 0.05, 0.005, 0.005])
     assert not torch.equal(before, task.backbone.conv1.weight)
 
 

@@ -62,15 +62,20 @@ def test_validate_writes_metrics_json(trained_run, classification_root):
     assert {"val/acc1", "val/acc5", "val/loss"} <= set(metrics)
 
 
-def test_fit_resumes_from_last_checkpoint(classification_root, tmp_path):
+def test_fit_resumes_from_last_checkpoint_in_the_same_log_version(classification_root, tmp_path):
     cli(["fit", *classification_args(classification_root, tmp_path, "--trainer.max_epochs", "1")])
-    first = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    last_path = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    first = torch.load(last_path, weights_only=True)
     resumed = cli(["fit", *classification_args(classification_root, tmp_path, "--trainer.max_epochs", "2"),
                    "--ckpt_path", "last"])
     assert resumed.trainer.current_epoch == 2
-    last = torch.load(Path(resumed.trainer.log_dir) / "checkpoints/last.ckpt", weights_only=True)
-    assert first["epoch"] == 0 and last["epoch"] == 1
+    # the resumed run continues version_0 (its curves are not split) and records the checkpoint it resolved
+    assert Path(resumed.trainer.log_dir) == tmp_path / "lightning_logs" / "version_0"
+    assert not (tmp_path / "lightning_logs" / "version_1").exists()
+    assert f"ckpt_path: {last_path}" in (tmp_path / "lightning_logs/version_0/config.yaml").read_text()
+    last = torch.load(last_path, weights_only=True)
     assert last["global_step"] == 2 * first["global_step"]
+    assert sorted(p.name for p in last_path.parent.glob("last*.ckpt")) == ["last.ckpt"]
 
 
 def test_reloaded_checkpoint_gives_identical_metrics_and_predictions_in_a_fresh_process(
