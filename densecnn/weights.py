@@ -73,8 +73,8 @@ def _read_file(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise WeightsError(_unsafe_message(str(path), err)) from err
-    except (RuntimeError, EOFError) as err:
-        raise WeightsError(f"{path}: not a readable PyTorch weights file ({err})") from err
+    except Exception as err:  # noqa: BLE001  (random bytes fail anywhere in the unpickler: any of them is unreadable)
+        raise WeightsError(f"{path}: not a readable PyTorch weights file ({type(err).__name__}: {err})") from err
 
 
 def _unsafe_message(label: str, err: Exception) -> str:

@@ -157,6 +157,13 @@ class BaseTask(pl.LightningModule, ABC):
     def batch_size_of(self, batch: Any) -> int:
         return len(batch["image"]) if isinstance(batch, dict) else len(batch[0])
 
+    def log_metrics_without_batches(self, stage: str) -> None:
+        """Under DDP, a rank that evaluated no batch logs the same metric objects its peers logged per step, so
+        every rank joins their epoch-end synchronisation (``EmptyRankMetrics`` calls this)."""
+        if self.loss_means[f"{stage}_loss"].update_count == 0:
+            self.log(f"{stage}/loss", self.loss_means[f"{stage}_loss"], on_step=False, on_epoch=True, batch_size=1)
+            self.log_dict(self.metrics_for(stage), on_step=False, on_epoch=True, batch_size=1)
+
     def log_examples(self, stage: str, batch: Any, outputs: Any) -> None:
         """Subclasses render a picture of the first validation/test batch with ``log_picture``."""
 
@@ -318,9 +325,9 @@ class BaseTask(pl.LightningModule, ABC):
         checkpointing and the learning-rate monitor are added only where the user configured none."""
         from pytorch_lightning.callbacks import LearningRateMonitor
 
-        from .callbacks import FreezeBackbone, MetricsJSONWriter, PredictionWriter
+        from .callbacks import EmptyRankMetrics, FreezeBackbone, MetricsJSONWriter, PredictionWriter
 
-        callbacks: list[Callback] = [MetricsJSONWriter()]
+        callbacks: list[Callback] = [MetricsJSONWriter(), EmptyRankMetrics()]
         trainer = self.trainer
         use_atomic_checkpoint_io(trainer)
         if trainer.training:

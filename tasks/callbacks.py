@@ -15,6 +15,7 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import BaseFinetuning, BasePredictionWriter, Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
 
 from .optim import extend_schedulers
 from .utils import local_log_dir
@@ -49,6 +50,40 @@ class MetricsJSONWriter(Callback):
         existing.update({k: (None if math.isnan(v) else v) for k, v in metrics.items()})
         _write_json_atomically(path, existing)
         print(f"metrics written to {path}")
+
+
+class EmptyRankMetrics(Callback):
+    """Under DDP, a rank that got no evaluation sample (fewer samples than processes) still joins every
+    collective its peers make during the evaluation: the buffer broadcast DDP runs on the first forward pass of
+    a validation during fit, and the epoch-end synchronisation of the metrics they logged (through the task's
+    ``log_metrics_without_batches``). Without this the run hangs."""
+
+    @staticmethod
+    def _has_no_samples(loaders: Any) -> bool:
+        from .datamodules.base import EvalDistributedSampler
+
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        samplers = [getattr(loader, "sampler", None) for loader in loaders if loader is not None]
+        return bool(samplers) and all(isinstance(s, EvalDistributedSampler) and not s.indices for s in samplers)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = trainer.strategy.model
+        if (trainer.state.fn == TrainerFn.FITTING and isinstance(model, DistributedDataParallel)
+                and model.will_sync_module_buffers() and self._has_no_samples(trainer.val_dataloaders)):
+            # what DDP's first forward pass does on the other ranks; like it, later passes of this
+            # evaluation do not sync again
+            model._sync_buffers()
+            model.require_forward_param_sync = False
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:  # sanity checks too: their logged metrics are synchronised as well
+            pl_module.log_metrics_without_batches(stage)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module, "test")
 
 
 class FreezeBackbone(BaseFinetuning):
@@ -102,8 +137,11 @@ class FreezeBackbone(BaseFinetuning):
         for module in pl_module.body_modules():
             if isinstance(module, _BatchNorm):
                 module.track_running_stats = True
+        newly_trainable = [p for p in self._released if not p.requires_grad]
         for param in self._released:
             param.requires_grad_(True)
+        if newly_trainable:
+            self._rebuild_ddp(pl_module.trainer)
         # Identity, not Lightning's filter_on_optimizer: that compares values, so a fresh BN layer would look
         # like any other already in the optimizer.
         present = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -120,6 +158,16 @@ class FreezeBackbone(BaseFinetuning):
             group["initial_lr"] = group["lr"]
             group["lr"] = group["lr"] * factor
             optimizer.add_param_group(group)
+
+
+    @staticmethod
+    def _rebuild_ddp(trainer: pl.Trainer) -> None:
+        """DDP registers only the parameters that require grad when it wraps the model: released ones would
+        train without their gradients being averaged across ranks, and the ranks' weights would drift apart."""
+        strategy = trainer.strategy
+        if isinstance(strategy.model, DistributedDataParallel) and hasattr(strategy, "configure_ddp"):
+            strategy.model = strategy.lightning_module
+            strategy.configure_ddp()
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import time
 import warnings
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
 from densecnn.errors import UserError
 
@@ -107,20 +108,67 @@ def is_lightning_default_checkpoint(callback: Any) -> bool:
             and callback._every_n_epochs == 1)
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, always current: rewritten at the end of every training epoch (after its validation) and,
+    inside an epoch, every ``every_n_minutes`` of training and/or every ``every_n_steps`` optimizer steps, so a
+    killed run resumed with ``--ckpt_path last`` loses at most that much.
+
+    It is the only writer of ``last.ckpt``. Lightning's own ``save_last`` rewrites it at a validation only
+    when a new top-k checkpoint was saved (a run that stops improving keeps an old one), and once more at the
+    end of training, after weight averaging (EMA) has swapped the average into the model, so a resume would
+    continue from the average instead of the trained weights.
+    """
+
+    def __init__(self, every_n_minutes: float | None = None, every_n_steps: int | None = None,
+                 dirpath: str | None = None):
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, enable_version_counter=False)
+        self.every_n_seconds = every_n_minutes * 60 if every_n_minutes else None
+        self.every_n_steps = every_n_steps
+        self._last_save_time = time.monotonic()
+        self._last_saved_step = -1
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_seconds=self.every_n_seconds, every_n_steps=self.every_n_steps)
+
+    def _fitting(self, trainer: pl.Trainer) -> bool:
+        return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_save_time = time.monotonic()
+        self._last_saved_step = trainer.global_step
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_save_time = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if not self._fitting(trainer) or trainer.global_step == self._last_saved_step:
+            return  # (a batch that only accumulated gradients did not step)
+        due = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0
+        if self.every_n_seconds is not None:
+            due = due or time.monotonic() - self._last_save_time >= self.every_n_seconds
+            due = trainer.strategy.broadcast(due)  # clocks differ between ranks; all of them join a save
+        if due:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._fitting(trainer):
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The epoch's end saves (a validation inside an epoch is no reason to)."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The last epoch's end saved already, before any weight averaging swapped the average in."""
+
+
 def default_checkpoints(monitor: str, mode: str, every_n_minutes: float | None,
                         every_n_steps: int | None) -> list[ModelCheckpoint]:
-    """The best checkpoint by ``monitor`` (with ``last.ckpt`` at every validation), and ``last.ckpt`` also every
-    ``every_n_minutes`` of training and/or every ``every_n_steps`` steps, so a killed run loses little."""
-    # one last.ckpt that every callback rewrites (Lightning's version counter would make last-v1.ckpt, ...)
-    callbacks = [ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best-epoch{epoch:03d}",
-                                 auto_insert_metric_name=False, enable_version_counter=False)]
-    if every_n_minutes:
-        callbacks.append(ModelCheckpoint(save_top_k=0, save_last=True, enable_version_counter=False,
-                                         train_time_interval=timedelta(minutes=every_n_minutes)))
-    if every_n_steps:
-        callbacks.append(ModelCheckpoint(save_top_k=0, save_last=True, enable_version_counter=False,
-                                         every_n_train_steps=every_n_steps))
-    return callbacks
+    """The best checkpoint by ``monitor``, and ``last.ckpt`` kept current by ``LastCheckpoint``."""
+    return [ModelCheckpoint(monitor=monitor, mode=mode, filename="best-epoch{epoch:03d}",
+                            auto_insert_metric_name=False),
+            LastCheckpoint(every_n_minutes, every_n_steps)]
 
 
 # ---- random states -----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ test-time augmentation (AlexNet's 10 crops, VGG/ResNet multi-scale averaging), a
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import nn
+from torchvision.transforms import v2
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
@@ -43,6 +45,10 @@ class ClassificationTask(BaseTask):
         tta: Literal["none", "ten_crop", "multi_scale"] = "none",
         tta_crop_size: int | None = None,
         tta_scales: list[int] | None = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
         **kwargs: Any,
     ):
         """
@@ -56,19 +62,48 @@ class ClassificationTask(BaseTask):
                 centre crops of ``tta_crop_size`` and their mirror images (AlexNet, S1 L126-161);
                 ``multi_scale`` averages it over the image resized to each shorter side in ``tta_scales``
                 (VGG/ResNet, S3 L1152-1215). Validation always uses the single view.
+            mixup_alpha, cutmix_alpha: Beta(alpha, alpha) parameters of mixup and CutMix on each training batch
+                (torchvision's ``v2.MixUp`` / ``v2.CutMix``); 0 turns one off. With both on, each batch gets
+                CutMix with probability ``mixup_switch_prob``, else mixup (timm's ``--mixup-switch-prob``).
+            mixup_prob: probability that a batch is mixed at all (timm's ``--mixup-prob``).
+                The loss is cross-entropy against the mixed soft targets (``label_smoothing`` applies on top);
+                ``train/acc1`` still compares predictions with each image's own, unmixed label.
         """
         self._check_choice("tta", tta, TTA)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"model.init_args.class_names has {len(class_names)} names for num_classes={num_classes}")
         if tta == "multi_scale" and not tta_scales:
             raise ValueError("model.init_args.tta_scales is needed for tta: multi_scale (e.g. [224, 256, 288])")
+        for key, value, high in (("mixup_alpha", mixup_alpha, math.inf), ("cutmix_alpha", cutmix_alpha, math.inf),
+                                 ("mixup_prob", mixup_prob, 1), ("mixup_switch_prob", mixup_switch_prob, 1)):
+            if not 0 <= value <= high:
+                raise ValueError(f"model.init_args.{key} must be in [0, {high}], got {value}")
         super().__init__(backbone=backbone, weights=weights, **kwargs)
+        self.batch_mix = self._make_batch_mix()
 
     def configure_models(self) -> None:
         self.backbone = self.build_backbone(num_classes=self.hparams.num_classes)
 
     def configure_losses(self) -> None:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.hparams.label_smoothing)
+
+    def _make_batch_mix(self) -> v2.Transform | None:
+        h = self.hparams
+        ops = [op(alpha=alpha, num_classes=h.num_classes)
+               for op, alpha in ((v2.MixUp, h.mixup_alpha), (v2.CutMix, h.cutmix_alpha)) if alpha > 0]
+        if not ops or h.mixup_prob <= 0:
+            return None
+        mix = ops[0] if len(ops) == 1 else v2.RandomChoice(ops, p=[1 - h.mixup_switch_prob, h.mixup_switch_prob])
+        return mix if h.mixup_prob >= 1 else v2.RandomApply([mix], p=h.mixup_prob)
+
+    def mix_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup/CutMix of a training batch: the mixed images and their targets (class probabilities, or the
+        labels themselves for a batch left unmixed). Called in the training step, not in the DataLoader, so its
+        draws come from torch's global generator in the main process: the run's seed fixes them whatever
+        ``num_workers`` is, and checkpoints restore them."""
+        if self.batch_mix is None:
+            return images, labels
+        return self.batch_mix(images, labels)
 
     def make_metrics(self) -> MetricCollection:
         n = self.hparams.num_classes
@@ -85,6 +120,27 @@ class ClassificationTask(BaseTask):
 
     def setup(self, stage: str) -> None:
         self.sync_class_names()
+        self._fit_started = False
+
+    # ---- Lightning's LearningRateFinder callback -----------------------------------------------------------
+    # It runs its search in a callback's on_fit_start, i.e. after configure_optimizers and before this module's
+    # on_fit_start, then writes its suggestion into hparams.lr and into every param group's lr. The schedules
+    # were built from the old lr (a chained warm-up would start at the full suggestion and climb to
+    # suggestion / warmup_start_factor; cosine keeps the old base lr) and backbone_lr_scale is lost, so the
+    # optimizer and its schedules are built again from the new hparams.lr.
+    def configure_optimizers(self) -> Any:
+        self._optimizer_lr = self.hparams.lr
+        return super().configure_optimizers()
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.hparams.lr != getattr(self, "_optimizer_lr", self.hparams.lr):
+            self.trainer.strategy.setup_optimizers(self.trainer)
+        self._fit_started = True
+
+    def _tuning(self) -> bool:
+        """Whether a tuner (the learning-rate finder) is running its trial steps before the real fit."""
+        return self.trainer.state.fn == "fit" and not getattr(self, "_fit_started", True)
 
     # ---- forward passes ----------------------------------------------------------------------------------
     def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
@@ -111,10 +167,13 @@ class ClassificationTask(BaseTask):
         if stage == "test" and self.hparams.tta != "none":
             probs = self.predict_probs(images)
             return F.nll_loss(probs.clamp_min(1e-12).log(), labels), probs
+        targets = labels
+        if stage == "train":
+            images, targets = self.mix_batch(images, labels)
         logits, aux = split_aux_outputs(self.backbone(images))
-        loss = self.criterion(logits, labels)
+        loss = self.criterion(logits, targets)
         if aux and stage == "train":
-            loss = loss + self.hparams.aux_loss_weight * sum(self.criterion(a, labels) for a in aux)
+            loss = loss + self.hparams.aux_loss_weight * sum(self.criterion(a, targets) for a in aux)
         return loss, logits
 
     def update_metrics(self, stage: str, outputs: torch.Tensor, batch: dict) -> None:
@@ -139,6 +198,8 @@ class ClassificationTask(BaseTask):
                     writer.writerow([name, *map(int, row)])
 
     def log_examples(self, stage: str, batch: dict, outputs: torch.Tensor) -> None:
+        if self._tuning():  # its validation has no logger: the picture would be left in default_root_dir
+            return
         n = self.hparams.num_log_images
         probs = outputs[:n].float()
         probs = probs if stage == "test" and self.hparams.tta != "none" else probs.softmax(dim=1)

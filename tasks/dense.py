@@ -22,7 +22,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
 
 from densecnn.data import DataError
 from densecnn.data.dense import write_depth_png, write_labels_png
@@ -164,6 +165,19 @@ class DensePredictionTask(BaseTask):
     def loss_weight(self, target: str) -> float:
         return float((self.hparams.loss_weights or {}).get(target, 1.0))
 
+    def configure_metrics(self) -> None:
+        super().configure_metrics()
+        # each target's loss as a sample-weighted mean, exact under DDP like BaseTask's total loss
+        self.target_loss_means = nn.ModuleDict({f"{stage}_{target}": MeanMetric() for stage in STAGES
+                                                for target in self.hparams.targets})
+
+    def log_metrics_without_batches(self, stage: str) -> None:
+        if self.loss_means[f"{stage}_loss"].update_count == 0:
+            for target in self.targets:  # in the order the step logs them
+                self.log(f"{stage}/loss_{target}", self.target_loss_means[f"{stage}_{target}"], on_step=False,
+                         on_epoch=True, batch_size=1)
+        super().log_metrics_without_batches(stage)
+
     def make_metrics(self) -> MetricCollection:
         h = self.hparams
         parts = []
@@ -265,8 +279,9 @@ class DensePredictionTask(BaseTask):
             if len(scales) > 1 and self.hparams.scale2_loss_weight and self.hparams.training_stage == "joint":
                 coarse = self.resize_output(target, scales[0][target], size)
                 loss = loss + self.hparams.scale2_loss_weight * self.target_loss(target, coarse, batch)
-            self.log(f"{stage}/loss_{target}", loss, on_step=False, on_epoch=True, sync_dist=stage != "train",
-                     batch_size=len(images))
+            mean = self.target_loss_means[f"{stage}_{target}"]
+            mean(loss.detach(), weight=len(images))
+            self.log(f"{stage}/loss_{target}", mean, on_step=False, on_epoch=True, batch_size=len(images))
             total = total + self.loss_weight(target) * loss
             outputs[target] = final.detach()
         return total, outputs

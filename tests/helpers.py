@@ -74,3 +74,17 @@ def fit_killed_mid_run(args: list[str], watch: Path, after_step: int, timeout: f
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+class OwnWorkingDirPerRank(Callback):
+    """Moves every rank but zero into a working directory of its own at setup: with a relative run root, what a
+    rank writes there lands on "its own disk", as on a cluster without a shared filesystem."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.global_rank > 0:
+            own = Path(self.root) / f"rank{trainer.global_rank}"
+            own.mkdir(parents=True, exist_ok=True)
+            os.chdir(own)

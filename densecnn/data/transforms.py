@@ -7,8 +7,15 @@ A YAML pipeline is a list of ``{name: <albumentations or densecnn transform>, <i
       - {name: RandomCrop, height: 224, width: 224}
       - {name: HorizontalFlip, p: 0.5}
       - {name: PCALighting, alpha_std: 0.1}
+      - {name: RandAugment, num_ops: 2, magnitude: 9}
+      - {name: RandomErasing, p: 0.25, value: random}
 
 Normalisation and the conversion to a CHW tensor are appended by ``build_pipeline`` in every case.
+
+``RandAugment``, ``TrivialAugmentWide`` and ``RandomErasing`` are torchvision's (``transforms.v2``, same
+arguments), run inside the albumentations pipeline. ``RandomErasing`` always runs after normalisation, on the
+float tensor, wherever it is listed (as in torchvision's reference recipes and timm): ``value: 0`` fills with
+the normalisation's mean colour, ``value: random`` with per-pixel N(0, 1) noise (timm's ``--remode pixel``).
 """
 from __future__ import annotations
 
@@ -16,7 +23,9 @@ from typing import Any, Sequence
 
 import albumentations as A
 import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
+from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,7 +72,58 @@ def rgb_pca(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return eigval[order].astype(np.float32), eigvec[:, order].astype(np.float32)
 
 
-_CUSTOM = {"PCALighting": PCALighting}
+class TorchvisionTransform(A.ImageOnlyTransform):
+    """A ``torchvision.transforms.v2`` image transform as a step of an albumentations pipeline.
+
+    uint8 HWC arrays go through it as CHW uint8 tensors (torchvision's augmentation policies are defined on
+    uint8); tensors after ``ToTensorV2`` go through as they are. Its random draws come from torch's global
+    generator only (albumentations' own ``p`` is fixed at 1), so seeding torch per sample fixes them.
+    """
+
+    #: placed after ``Normalize`` + ``ToTensorV2`` by ``build_pipeline``
+    after_normalize = False
+
+    def __init__(self, transform: v2.Transform):
+        super().__init__(p=1.0)
+        self.transform = transform
+
+    def apply(self, img: np.ndarray | torch.Tensor, **params: Any) -> np.ndarray | torch.Tensor:
+        if isinstance(img, torch.Tensor):
+            return self.transform(img)
+        if not img.flags.writeable:  # decoded images are read-only views; torch wants to own writable memory
+            img = img.copy()
+        return self.transform(torch.from_numpy(img).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("transform",)
+
+
+class RandAugment(TorchvisionTransform):
+    """``torchvision.transforms.v2.RandAugment(num_ops=2, magnitude=9, ...)`` (Cubuk et al. 2020)."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(v2.RandAugment(**kwargs))
+
+
+class TrivialAugmentWide(TorchvisionTransform):
+    """``torchvision.transforms.v2.TrivialAugmentWide(...)`` (Müller & Hutter 2021)."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(v2.TrivialAugmentWide(**kwargs))
+
+
+class RandomErasing(TorchvisionTransform):
+    """``torchvision.transforms.v2.RandomErasing(p=0.5, scale, ratio, value=0)`` (Zhong et al. 2020) on the
+    normalised tensor."""
+
+    after_normalize = True
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(v2.RandomErasing(**kwargs))
+
+
+_CUSTOM = {"PCALighting": PCALighting, "RandAugment": RandAugment, "TrivialAugmentWide": TrivialAugmentWide,
+           "RandomErasing": RandomErasing}
 
 
 def _preset_alexnet(size: int, train: bool) -> list:
@@ -130,4 +190,6 @@ def build_pipeline(spec: str | list[dict[str, Any]] | None, *, image_size: int, 
         steps = PRESETS[name](image_size, train)
     else:
         steps = [transform_from_spec(item, f"{where}[{i}]") for i, item in enumerate(spec)]
-    return A.Compose([*steps, A.Normalize(mean=mean, std=std), ToTensorV2()], **compose_kwargs)
+    before = [t for t in steps if not getattr(t, "after_normalize", False)]
+    after = [t for t in steps if getattr(t, "after_normalize", False)]
+    return A.Compose([*before, A.Normalize(mean=mean, std=std), ToTensorV2(), *after], **compose_kwargs)

@@ -17,9 +17,8 @@ from typing import Any, Callable, Iterator
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from densecnn.data import DataError
 from densecnn.data.seeding import EpochSampler, SeededDataset
@@ -69,6 +68,24 @@ class ResumableDataLoader(DataLoader):
         self.sampler.skip = int(state["batches"]) * self.batch_size
 
 
+class EvalDistributedSampler(DistributedSampler):
+    """Rank r evaluates samples r, r + W, r + 2W, ...: every sample exactly once (Lightning's default
+    ``DistributedSampler`` pads with duplicates, which would skew validation and test metrics). Its length is
+    at least one on every rank: Lightning skips the evaluation loop of a rank whose loader is empty, epoch-end
+    hooks included, and the other ranks would then wait for it forever in the metrics' synchronisation. A
+    rank without samples runs the loop over no batch instead."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = list(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return max(1, len(self.indices))
+
+
 class BaseDataModule(pl.LightningDataModule):
     def __init__(self, root: str, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
                  collate_fn: Callable | None = None, drop_last: bool | None = None):
@@ -109,11 +126,10 @@ class BaseDataModule(pl.LightningDataModule):
         return self._loader(dataset, sampler=sampler, drop_last=drop_last, cls=ResumableDataLoader)
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:
-        """Under DDP every sample is evaluated exactly once: Lightning's default DistributedSampler pads the
-        dataset with duplicates to divide it evenly, which would skew validation and test metrics."""
+        """Under DDP every sample is evaluated exactly once (``EvalDistributedSampler``)."""
         world_size, rank = _world()
         if world_size > 1:
-            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+            sampler = EvalDistributedSampler(dataset, num_replicas=world_size, rank=rank)
         else:
             sampler = torch.utils.data.SequentialSampler(dataset)
         return self._loader(dataset, sampler=sampler)

@@ -60,6 +60,7 @@ class DenseDataModule(BaseDataModule):
         synthetic_splits: dict[str, int] | None = None,
         predict_root: str | None = None,
         pin_memory: bool = False,
+        drop_last: bool | None = None,
     ):
         """
         Args:
@@ -78,7 +79,7 @@ class DenseDataModule(BaseDataModule):
                 (``synthetic_size`` (height, width), ``synthetic_splits`` images per split).
             predict_root: images to ``predict`` on (any folder of images); defaults to the test split.
         """
-        super().__init__(root, batch_size, num_workers, pin_memory)
+        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last)
         self.save_hyperparameters()
         self.maps = list(maps) if maps is not None else None
         self.num_classes = num_classes
@@ -152,6 +153,7 @@ class NYUDepthV2DataModule(DenseDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         predict_root: str | None = None,
         pin_memory: bool = False,
+        drop_last: bool | None = None,
         download: bool = False,
     ):
         """
@@ -170,7 +172,8 @@ class NYUDepthV2DataModule(DenseDataModule):
         super().__init__(root, batch_size, num_workers, maps=maps or ["depth", "normals", "semantic"],
                          num_classes=int(classes), image_size=image_size, crop_size=crop_size, scale=scale,
                          rotation=rotation, flip_p=flip_p, colour=colour, brightness=brightness, contrast=contrast,
-                         eval_crop=eval_crop, mean=mean, std=std, predict_root=predict_root, pin_memory=pin_memory)
+                         eval_crop=eval_crop, mean=mean, std=std, predict_root=predict_root, pin_memory=pin_memory,
+                         drop_last=drop_last)
         self.save_hyperparameters()
 
     def _path(self, name: str | None) -> Path | None:

@@ -37,8 +37,8 @@ class DetectionDataModule(BaseDataModule, ABC):
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
                  proposals: str | None = None, selective_search_mode: str = "fast", max_proposals: int = 2000,
                  train_split: str = "train", val_split: str = "val", test_split: str = "test",
-                 predict_root: str | None = None, pin_memory: bool = False):
-        super().__init__(root, batch_size, num_workers, pin_memory, collate_fn=detection_collate)
+                 predict_root: str | None = None, pin_memory: bool = False, drop_last: bool | None = None):
+        super().__init__(root, batch_size, num_workers, pin_memory, collate_fn=detection_collate, drop_last=drop_last)
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = build_detection_pipeline(image_size, train=True, mean=mean, std=std, hflip=hflip,
@@ -143,7 +143,7 @@ class CocoDetectionDataModule(DetectionDataModule):
             synthetic: write the embedded synthetic dataset when ``root`` holds no images.
             **kwargs: ``DetectionDataModule`` options: ``hflip``, ``scale_range``, ``min_visibility``,
                 ``mean``, ``std``, ``proposals`` (``selective_search`` or a file), ``selective_search_mode``,
-                ``max_proposals``, ``predict_root``, ``pin_memory``.
+                ``max_proposals``, ``predict_root``, ``pin_memory``, ``drop_last`` (see ``BaseDataModule``).
         """
         super().__init__(root, batch_size, num_workers, image_size, train_split=train_split, val_split=val_split,
                          test_split=test_split, **kwargs)

@@ -49,6 +49,7 @@ class ImageFolderDataModule(BaseDataModule):
         synthetic_image_size: int = 32,
         predict_root: str | None = None,
         pin_memory: bool = False,
+        drop_last: bool | None = None,
     ):
         """
         Args:
@@ -61,7 +62,7 @@ class ImageFolderDataModule(BaseDataModule):
             synthetic: when ``root`` holds no images, first write the embedded synthetic dataset there.
             predict_root: images to ``predict`` on (a flat folder or class folders); defaults to the test split.
         """
-        super().__init__(root, batch_size, num_workers, pin_memory)
+        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last)
         self.save_hyperparameters()
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)

@@ -78,6 +78,7 @@ class VideoFolderDataModule(BaseDataModule):
         synthetic_frame_size: tuple[int, int] = (64, 86),
         predict_root: str | None = None,
         pin_memory: bool = False,
+        drop_last: bool | None = None,
     ):
         """
         Args:
@@ -103,7 +104,7 @@ class VideoFolderDataModule(BaseDataModule):
                 (``synthetic_videos_per_class`` {train, test}, ``synthetic_num_frames``, ``synthetic_frame_size``).
             predict_root: videos to ``predict`` on (flat or in class folders); defaults to the test split.
         """
-        super().__init__(root, batch_size, num_workers, pin_memory)
+        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last)
         self.save_hyperparameters()
         self.clip_len, self.frame_stride, self.clips_per_video = clip_len, frame_stride, clips_per_video
         self.crop_size = crop_size

@@ -122,6 +122,9 @@ class DetectionTask(BaseTask):
             self.log_examples(stage, batch, detections)
         return None
 
+    def log_metrics_without_batches(self, stage: str) -> None:
+        """Nothing to add: evaluation logs only at epoch end, which every rank runs (``_log_epoch_metrics``)."""
+
     def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
         losses = self.training_losses(batch)
         return sum(losses.values()), losses

@@ -148,3 +148,24 @@ def test_pca_lighting_shifts_along_the_principal_components():
     expected = 255 * np.asarray(t.eigvec) @ (alpha * t.eigval)
     np.testing.assert_allclose(shifted[0, 0], np.round(expected), atol=1.0)
     assert np.all(shifted == shifted[0, 0])  # the same shift for every pixel
+
+
+def test_training_drops_a_last_batch_of_one_only_for_batch_norm_models(classification_root):
+    """60 training images in batches of 59 leave a last batch of 1: batch norm cannot normalise it."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from tasks import ImageFolderDataModule
+
+    def batches(model: nn.Module, drop_last=None) -> list[int]:
+        dm = ImageFolderDataModule(str(classification_root), batch_size=59, image_size=32,
+                                   train_transforms="small", drop_last=drop_last)
+        dm.trainer = SimpleNamespace(lightning_module=model)
+        dm.setup("fit")
+        return [len(b["label"]) for b in dm.train_dataloader()]
+
+    assert batches(nn.Sequential(nn.BatchNorm2d(3))) == [59]
+    assert batches(nn.Sequential(nn.Conv2d(3, 3, 1))) == [59, 1]
+    assert batches(nn.Sequential(nn.BatchNorm2d(3)), drop_last=False) == [59, 1]
+    assert batches(nn.Sequential(nn.Conv2d(3, 3, 1)), drop_last=True) == [59]

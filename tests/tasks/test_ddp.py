@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from tasks.datamodules.base import UnrepeatedDistributedSampler
+from tasks.datamodules.base import EvalDistributedSampler
 from tests.helpers import classification_args, run_fresh
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
@@ -18,9 +18,13 @@ DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.stra
 def test_evaluation_sampler_visits_every_sample_exactly_once():
     dataset = list(range(23))
     padded = [i for rank in range(2) for i in DistributedSampler(dataset, 2, rank, shuffle=False)]
-    exact = [i for rank in range(2) for i in UnrepeatedDistributedSampler(dataset, 2, rank, shuffle=False)]
+    exact = [i for rank in range(2) for i in EvalDistributedSampler(dataset, 2, rank)]
     assert len(padded) == 24  # Lightning's default would count one sample twice
     assert sorted(exact) == dataset
+    # fewer samples than ranks: the empty rank iterates over nothing but reports one batch, so that it runs
+    # the evaluation loop (and its epoch-end synchronisation) with the others
+    empty = EvalDistributedSampler([0], 2, 1)
+    assert list(empty) == [] and len(empty) == 1
 
 
 @pytest.mark.slow

@@ -1,0 +1,122 @@
+"""Checkpoints: atomic writes, a last.ckpt that is always current, finding and falling back, identity and
+precedence of arguments, the user's own callbacks, and reading from fsspec paths and URLs."""
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import fsspec
+import pytest
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from tasks import ClassificationTask
+from tasks.checkpoints import (AtomicCheckpointIO, CheckpointError, LastCheckpoint, find_last_checkpoint,
+                               read_checkpoint)
+from tasks.cli import main as cli
+from tests.helpers import classification_args
+
+
+@pytest.fixture(scope="module")
+def fitted(classification_root, tmp_path_factory):
+    """Three epochs of the classification quickstart, with last.ckpt rewritten every step."""
+    run_dir = tmp_path_factory.mktemp("run")
+    fit = cli(["fit", *classification_args(classification_root, run_dir, "--trainer.max_epochs", "3",
+                                           "--model.init_args.checkpoint_every_n_steps", "1")])
+    return fit, Path(fit.trainer.log_dir)
+
+
+def test_last_checkpoint_is_the_end_of_training_whatever_the_best_was(fitted):
+    fit, log_dir = fitted
+    last = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == fit.trainer.global_step == 12 and last["epoch"] == 2
+    weights = fit.model.state_dict()
+    assert all(torch.equal(last["state_dict"][k], weights[k]) for k in weights)
+    assert [cb for cb in fit.trainer.callbacks if isinstance(cb, LastCheckpoint)]
+    assert any(isinstance(cb, LearningRateMonitor) for cb in fit.trainer.callbacks)  # a logger is present
+    assert sorted(p.name for p in (log_dir / "checkpoints").glob("last*")) == ["last.ckpt"]
+
+
+def test_a_users_checkpoint_callback_is_kept_and_ours_are_not_added(classification_root, tmp_path):
+    callbacks = ('[{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": '
+                 f'{{"dirpath": "{tmp_path / "mine"}", "every_n_train_steps": 2, "save_top_k": -1}}}}]')
+    fit = cli(["fit", *classification_args(classification_root, tmp_path, "--trainer.callbacks", callbacks)])
+    checkpoints = [cb for cb in fit.trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    assert len(checkpoints) == 1 and checkpoints[0].dirpath == str(tmp_path / "mine")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
+
+
+def test_atomic_write_keeps_the_old_checkpoint_when_a_save_dies(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def dies(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_with_a_warning(fitted, tmp_path):
+    _, log_dir = fitted
+    old = tmp_path / "version_0" / "last.ckpt"
+    new = tmp_path / "version_1" / "last.ckpt"
+    for path in (old, new):
+        path.parent.mkdir()
+        path.write_bytes((log_dir / "checkpoints" / "last.ckpt").read_bytes())
+    new.write_bytes(new.read_bytes()[:1000])  # newest, and truncated
+    with pytest.warns(UserWarning, match="falling back"):
+        assert find_last_checkpoint([tmp_path]) == old.resolve()
+
+
+def test_evaluating_a_checkpoint_needs_neither_the_pretrained_file_nor_its_options(classification_root, tmp_path):
+    from densecnn import create_backbone
+
+    weights = tmp_path / "pretrained.pth"
+    torch.save(create_backbone("cifar_resnet20", num_classes=6).state_dict(), weights)
+    fit = cli(["fit", *classification_args(classification_root, tmp_path / "a", "--model.init_args.weights",
+                                           str(weights))])
+    best = fit.trainer.checkpoint_callback.best_model_path
+    weights.unlink()  # gone, as on another machine
+    test = cli(["test", *classification_args(classification_root, tmp_path / "b", "--model.init_args.weights",
+                                             str(weights)), "--ckpt_path", best])
+    assert test.model.hparams.weights is None
+    # explicit arguments beat the checkpoint's hyper-parameters: TTA given on the command line is used
+    predict = cli(["predict", *classification_args(classification_root, tmp_path / "c"), "--ckpt_path", best,
+                   "--model.init_args.tta", "multi_scale", "--model.init_args.tta_scales", "[32, 40]"])
+    assert predict.model.hparams.tta == "multi_scale" and predict.model.hparams.tta_scales == [32, 40]
+    # what the command line leaves out comes from the checkpoint (its class names), not from defaults
+    assert predict.model.hparams.class_names == fit.model.hparams.class_names
+
+
+def test_load_from_checkpoint_reads_fsspec_paths_and_urls(fitted, tmp_path):
+    _, log_dir = fitted
+    local = log_dir / "checkpoints" / "last.ckpt"
+    reference = ClassificationTask.load_from_checkpoint(local).state_dict()
+
+    with fsspec.open("memory://checkpoints/last.ckpt", "wb") as f:
+        f.write(local.read_bytes())
+    from_memory = ClassificationTask.load_from_checkpoint("memory://checkpoints/last.ckpt").state_dict()
+    assert all(torch.equal(from_memory[k], reference[k]) for k in reference)
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(local.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/last.ckpt"
+        torch.hub.set_dir(str(tmp_path / "hub"))
+        from_url = ClassificationTask.load_from_checkpoint(url).state_dict()
+        assert all(torch.equal(from_url[k], reference[k]) for k in reference)
+        with pytest.raises(CheckpointError, match="nope.ckpt"):
+            ClassificationTask.load_from_checkpoint(f"http://127.0.0.1:{server.server_port}/nope.ckpt")
+    finally:
+        server.shutdown()
