@@ -88,3 +88,14 @@ class OwnWorkingDirPerRank(Callback):
             own = Path(self.root) / f"rank{trainer.global_rank}"
             own.mkdir(parents=True, exist_ok=True)
             os.chdir(own)
+
+
+class SaveWeightsPerRank(Callback):
+    """At the end of training, every rank saves its own weights to ``<folder>/rank<r>.pt``."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        torch.save(pl_module.state_dict(), Path(self.folder) / f"rank{trainer.global_rank}.pt")

@@ -165,3 +165,15 @@ def test_selective_search_names_the_missing_package(monkeypatch):
     monkeypatch.delattr(cv2, "ximgproc")
     with pytest.raises(ImportError, match="opencv-contrib-python-headless"):
         selective_search(torch.zeros(8, 8, 3, dtype=torch.uint8).numpy())
+
+
+@pytest.mark.parametrize("name", ["faster_rcnn", "overfeat"])
+def test_two_fits_give_identical_weights_for_any_num_workers(name, coco_root, tmp_path):
+    """Bbox-aware augmentation (scale, crop, flip), the RPN's / OverFeat's region sampling: all seeded."""
+    weights = []
+    for workers in ("0", "2"):
+        run = cli_main(["fit", *detection_args(name, coco_root, tmp_path / workers, "--trainer.max_epochs", "1",
+                                               "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches",
+                                               "1", "--data.init_args.num_workers", workers)])
+        weights.append(run.model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

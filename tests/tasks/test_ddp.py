@@ -48,3 +48,19 @@ def test_quickstart_trains_under_ddp_and_validation_matches_one_process(classifi
     assert 0.0 < metrics["single"]["val/acc1"] < 1.0  # otherwise padding could not change it
     assert metrics["ddp"]["val/acc1"] == pytest.approx(metrics["single"]["val/acc1"], abs=1e-6)
     assert metrics["ddp"]["val/loss"] == pytest.approx(metrics["single"]["val/loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_backbone_released_under_ddp_trains_in_sync_on_every_rank(classification_root, tmp_path):
+    """DDP averages only the gradients of parameters that required grad when it wrapped the model: without
+    re-registering the released backbone, each rank would train its own copy."""
+    save = json.dumps([{"class_path": "tests.helpers.SaveWeightsPerRank", "init_args": {"folder": str(tmp_path / "w")}}])
+    fit = run_fresh(["-m", "densecnn", "fit", *classification_args(classification_root, tmp_path, "--trainer.max_epochs",
+                                                                    "2"), *DDP, "--model.init_args.freeze_backbone", "true",
+                     "--model.init_args.unfreeze_backbone_at_epoch", "1", "--trainer.callbacks", save])
+    assert fit.returncode == 0, fit.stderr[-4000:]
+    ranks = [torch.load(tmp_path / "w" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    first_conv = "backbone.conv1.weight"
+    assert first_conv in ranks[0]
+    differing = [k for k in ranks[0] if ranks[0][k].is_floating_point() and not torch.equal(ranks[0][k], ranks[1][k])]
+    assert not differing, differing[:5]

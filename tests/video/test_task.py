@@ -110,3 +110,14 @@ def test_wrong_number_of_classes_is_named(tmp_path, video_root):
     with pytest.raises(DataError, match="num_classes is 4 but the data"):
         cli_main(["fit", *video_cli_args(video_root, tmp_path, "--model.init_args.num_classes", "4",
                                          "--trainer.fast_dev_run", "true")])
+
+
+def test_two_fits_give_identical_weights_for_any_num_workers(tmp_path, video_root):
+    """Random clip starts, crops and flips come from each sample's seed, not from the worker that loads it."""
+    weights = []
+    for workers in ("0", "2"):
+        run = cli_main(["fit", *video_cli_args(video_root, tmp_path / workers, "--trainer.max_epochs", "1",
+                                               "--trainer.limit_train_batches", "2", "--data.init_args.num_workers",
+                                               workers)])
+        weights.append(run.model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
