@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BaseFinetuning, Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import BaseFinetuning, Callback
 from torch import nn
 from torchmetrics import MeanMetric
 

@@ -292,6 +292,8 @@ def _quiet_lightning(subcommand: str | None) -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
             logger.addFilter(_DropLightningNoise())
+    # a deprecation inside Lightning's own code (torch's pytree), printed on every run: nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     if subcommand != "fit":  # evaluating a checkpoint does not need the callbacks that wrote it
         warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
 

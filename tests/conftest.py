@@ -1,7 +1,6 @@
 """Shared fixtures: tiny generated datasets and helpers to run the CLI in-process or in a fresh process."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from .dense import NYU_INTRINSICS, DenseSample, DenseSampleDataset, check_sample, normals_from_depth
 from .image_folder import DataError

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from densecnn.data import DataError, read_rgb
+from densecnn.data import read_rgb
 from densecnn.heads.detection import freeze_batchnorm, set_trainable_stages
 from densecnn.metrics.detection import DetectionMetrics
 from densecnn.viz import save_png, to_uint8_images

@@ -27,15 +27,21 @@ def batch(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 3, 16, 16, generator=g), torch.arange(n) % N_CLASSES
 
 
+def mixed_like_torchvision(task, op, images, labels, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's mixed batch, checked equal to torchvision's ``op`` under the same torch seed."""
+    torch.manual_seed(seed)
+    mixed, targets = task.mix_batch(images, labels)
+    torch.manual_seed(seed)
+    expected_images, expected_targets = op(images, labels)
+    assert torch.equal(mixed, expected_images) and torch.equal(targets, expected_targets)
+    return mixed, targets
+
+
 def test_mixup_equals_torchvision_and_targets_hold_lambda():
     images, labels = batch()
     task = make_task(mixup_alpha=0.2)
     for seed in range(3):
-        torch.manual_seed(seed)
-        mixed, targets = task.mix_batch(images, labels)
-        torch.manual_seed(seed)
-        expected_images, expected_targets = v2.MixUp(alpha=0.2, num_classes=N_CLASSES)(images, labels)
-        assert torch.equal(mixed, expected_images) and torch.equal(targets, expected_targets)
+        mixed, targets = mixed_like_torchvision(task, v2.MixUp(alpha=0.2, num_classes=N_CLASSES), images, labels, seed)
         # independently: lambda ~ Beta(0.2, 0.2) from the same draw, each image mixed with its predecessor
         torch.manual_seed(seed)
         lam = float(torch.distributions.Beta(torch.tensor([0.2]), torch.tensor([0.2])).sample(()))
@@ -49,11 +55,8 @@ def test_cutmix_equals_torchvision_and_targets_hold_the_pasted_area():
     images, labels = batch()
     task = make_task(cutmix_alpha=1.0)
     for seed in range(3):
-        torch.manual_seed(seed)
-        mixed, targets = task.mix_batch(images, labels)
-        torch.manual_seed(seed)
-        expected_images, expected_targets = v2.CutMix(alpha=1.0, num_classes=N_CLASSES)(images, labels)
-        assert torch.equal(mixed, expected_images) and torch.equal(targets, expected_targets)
+        mixed, targets = mixed_like_torchvision(task, v2.CutMix(alpha=1.0, num_classes=N_CLASSES), images, labels,
+                                                seed)
         # independently: a box of the previous image is pasted; its area fraction is the previous label's weight
         pasted = mixed != images
         assert torch.equal(mixed[pasted], images.roll(1, 0)[pasted])

@@ -103,3 +103,14 @@ def test_the_console_command_prints_no_traceback_and_debug_shows_it(checkpoint, 
     finally:
         del os.environ["DENSECNN_DEBUG"]
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
+
+
+def test_a_plain_run_prints_no_warning(classification_root, tmp_path):
+    """Warnings printed on every run (Lightning's tips, library deprecations, the args/command-line warning)
+    drown the ones that matter."""
+    args = ["-m", "densecnn", "fit", *classification_args(classification_root, tmp_path, "--trainer.log_every_n_steps",
+                                                          "1")]
+    result = run_fresh(args, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    noise = [line for line in result.stderr.splitlines() if ".py:" in line or "Tip" in line or "Warning" in line]
+    assert not noise, noise
