@@ -141,7 +141,7 @@ class FreezeBackbone(BaseFinetuning):
         for param in self._released:
             param.requires_grad_(True)
         if newly_trainable:
-            self._rebuild_ddp(pl_module.trainer)
+            self._rebuild_ddp(pl_module._trainer)
         # Identity, not Lightning's filter_on_optimizer: that compares values, so a fresh BN layer would look
         # like any other already in the optimizer.
         present = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -161,11 +161,11 @@ class FreezeBackbone(BaseFinetuning):
 
 
     @staticmethod
-    def _rebuild_ddp(trainer: pl.Trainer) -> None:
+    def _rebuild_ddp(trainer: pl.Trainer | None) -> None:
         """DDP registers only the parameters that require grad when it wraps the model: released ones would
         train without their gradients being averaged across ranks, and the ranks' weights would drift apart."""
-        strategy = trainer.strategy
-        if isinstance(strategy.model, DistributedDataParallel) and hasattr(strategy, "configure_ddp"):
+        strategy = trainer.strategy if trainer is not None else None
+        if strategy is not None and isinstance(strategy.model, DistributedDataParallel) and hasattr(strategy, "configure_ddp"):
             strategy.model = strategy.lightning_module
             strategy.configure_ddp()
 

@@ -5,6 +5,13 @@
   relative to the input) and ``module`` (the attribute path of the layer that produces it).
 * ``forward(x)`` returns logits when the model has a classifier (``num_classes > 0``), and the pooled
   features (``num_features`` wide) when it was built with ``num_classes=0``.
+* ``stage_modules()`` declares which layers form each stage: one list of attribute paths per
+  ``feature_info`` entry, in the order ``forward_features`` runs them. Stage i is everything from just after
+  map i-1 up to and including the layer that produces map i, so the stem belongs to stage 0 (timm's
+  convention: ResNet's first map is the stem's ``act1``); layers after the last map (a classifier, VGG's
+  fc6/fc7, GoogLeNet's auxiliary heads) belong to no stage. ``feature_info[i].module`` only names the layer
+  *producing* map i -- for the sequential families a parameter-free ReLU -- so membership never comes from it.
+  Freezing by stage (``trainable_stages``) and the Faster R-CNN last-stage box head use only this declaration.
 
 Detection, dense-prediction and video heads consume only this contract, so any registered backbone
 works with any task.
@@ -52,11 +59,48 @@ class Backbone(nn.Module, ABC):
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
 
+    def stage_modules(self) -> list[list[str]]:
+        """Attribute paths of the layers of each stage, shallow to deep (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its stages (stage_modules)")
+
+    def stage_parameters(self) -> list[list[tuple[str, nn.Parameter]]]:
+        """``(name, parameter)`` of each stage, one list per ``feature_info`` entry, names as in
+        ``named_parameters``; checked to cover each map once and to share no parameter."""
+        stages = []
+        for paths in self.stage_modules():
+            stages.append([(f"{path}.{name}", p) for path in paths
+                           for name, p in self.get_submodule(path).named_parameters()])
+        return check_stages(self, stages)
+
+    def stage_module(self, index: int) -> nn.Module:
+        """Stage ``index`` as one module that maps feature map ``index - 1`` to map ``index``: its declared
+        layers chained (the layer itself when there is one). Exact when ``forward_features`` runs the layers
+        one after another; a family with functional steps between them overrides this. Faster R-CNN's
+        ``last_stage`` box head runs it on every pooled region."""
+        modules = [self.get_submodule(path) for path in self.stage_modules()[index]]
+        return modules[0] if len(modules) == 1 else nn.Sequential(*modules)
+
     def feature_channels(self) -> list[int]:
         return [info.num_chs for info in self.feature_info]
 
     def feature_reductions(self) -> list[int]:
         return [info.reduction for info in self.feature_info]
+
+
+def check_stages(model: nn.Module, stages: list[list[tuple[str, nn.Parameter]]]
+                 ) -> list[list[tuple[str, nn.Parameter]]]:
+    """A declaration that misses a map or puts a parameter in two stages is a bug in the family: say so
+    rather than freeze the wrong layers silently."""
+    if len(stages) != len(model.feature_info):
+        raise ValueError(f"{type(model).__name__} declares {len(stages)} stages for {len(model.feature_info)} "
+                         f"feature maps")
+    seen: dict[int, str] = {}
+    for name, p in (item for stage in stages for item in stage):
+        if id(p) in seen:
+            raise ValueError(f"{type(model).__name__}: parameter {name} is declared in two stages "
+                             f"(also as {seen[id(p)]})")
+        seen[id(p)] = name
+    return stages
 
 
 def linear_or_identity(in_features: int, num_classes: int) -> nn.Module:

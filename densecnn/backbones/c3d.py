@@ -108,6 +108,9 @@ class C3D(Backbone):
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
+    def stage_modules(self) -> list[list[str]]:
+        return [[name] for name in self.stage_names]  # conv group + its pool; fc6/fc7 are the head
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 5:
             raise ValueError(f"C3D expects clips (N, C, T, H, W), got a tensor of shape {tuple(x.shape)}")

@@ -218,6 +218,16 @@ class GoogLeNet(Backbone):
         x = self.inception5b(self.inception5a(self.maxpool4(x)))
         return [c1, c3, i3, i4, x], aux
 
+    # The layers between two maps, in the order _forward runs them; the auxiliary heads are classifiers and
+    # belong to no stage (as ``fc``).
+    STAGES = (("conv1",), ("maxpool1", "lrn1", "conv2", "conv3"),
+              ("lrn2", "maxpool2", "inception3a", "inception3b"),
+              ("maxpool3", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e"),
+              ("maxpool4", "inception5a", "inception5b"))
+
+    def stage_modules(self) -> list[list[str]]:
+        return [list(stage) for stage in self.STAGES]
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self._forward(x, with_aux=False)[0]
 
@@ -304,6 +314,14 @@ class BNInception(Backbone):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    # The layers between two maps, in the order forward_features runs them.
+    STAGES = (("conv1",), ("maxpool1", "conv2", "conv3"), ("maxpool2", "inception3a", "inception3b"),
+              ("inception3c", "inception4a", "inception4b", "inception4c", "inception4d"),
+              ("inception4e", "inception5a", "inception5b"))
+
+    def stage_modules(self) -> list[list[str]]:
+        return [list(stage) for stage in self.STAGES]
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         c1 = self.conv1(x)

@@ -204,6 +204,9 @@ class FrameAveraged(Backbone):
         inner = getattr(model, "classifier_name", None)
         self.classifier_name = f"model.{inner}" if inner else "model"
 
+    def stage_modules(self) -> list[list[str]]:
+        return [[f"model.{path}" for path in stage] for stage in self.model.stage_modules()]
+
     @staticmethod
     def _frames(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         if x.dim() != 5:

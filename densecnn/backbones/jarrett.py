@@ -88,6 +88,9 @@ class JarrettNet(Backbone):
         self.num_features = self.feature_info[-1].num_chs * grid * grid
         self.classifier = linear_or_identity(self.num_features, num_classes)
 
+    def stage_modules(self) -> list[list[str]]:
+        return [["stage1"]] + ([["stage2"]] if self.stage2 is not None else [])
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = [self.stage1(x)]
         if self.stage2 is not None:

@@ -36,6 +36,14 @@ class LeNet5(Backbone):
         c5 = torch.tanh(self.c5(s4))
         return [s2, s4, c5]
 
+    def stage_modules(self) -> list[list[str]]:
+        return [["c1", "s2"], ["c3", "s4"], ["c5"]]  # F6 and the output layer are the head
+
+    def stage_module(self, index: int) -> nn.Module:
+        # the squashing is functional in forward_features: add it, so the stage maps map i-1 to map i
+        modules = [self.get_submodule(path) for path in self.stage_modules()[index]]
+        return nn.Sequential(*modules, nn.Tanh())
+
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         # C5 is 1x1 on a 32x32 input; average any larger map so other input sizes still classify.
         x = torch.flatten(x.mean(dim=(2, 3)), 1)

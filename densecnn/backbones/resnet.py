@@ -181,6 +181,11 @@ class ResNet(Backbone):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(m.last_bn().weight)
 
+    def stage_modules(self) -> list[list[str]]:
+        # stage 0 is the stem up to its ReLU (the first map, timm's act1); the max-pool opens stage 1 (conv2_x)
+        first, *rest = self.stage_names
+        return [["conv1", "bn1", "relu"], ["maxpool", first], *[[name] for name in rest]]
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.relu(self.bn1(self.conv1(x)))
         features = [x]

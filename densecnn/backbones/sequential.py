@@ -1,7 +1,8 @@
 """The common shape of the plain "conv stack + classifier" networks (AlexNet, ZF-Net, VGG, NiN, All-CNN).
 
 ``features`` is one ``nn.Sequential`` (so torchvision's ``features.N`` keys load unchanged); the feature
-maps ``forward_features`` returns are the outputs of the layers at ``taps``. ``forward_head`` runs the
+maps ``forward_features`` returns are the outputs of the layers at ``taps``, and stage i is the run of
+layers just after tap i-1 up to and including tap i (the first from ``features.0``). ``forward_head`` runs the
 layers after the last tap, then ``pool`` (which ends flat for the FC heads) and ``classifier``.
 """
 from __future__ import annotations
@@ -33,6 +34,11 @@ class SequentialBackbone(Backbone):
             if index == last:
                 break
         return out
+
+    def stage_modules(self) -> list[list[str]]:
+        # the taps are ReLUs (or pools/dropout): a stage is the convolutions *leading* to its tap, not the tap
+        starts = [0] + [index + 1 for index in self.tap_indices[:-1]]
+        return [[f"features.{j}" for j in range(start, tap + 1)] for start, tap in zip(starts, self.tap_indices)]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.features[self.tap_indices[-1] + 1:]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone, FeatureInfo, linear_or_identity
+from .base import Backbone, FeatureInfo, check_stages, linear_or_identity
 
 
 class TimmBackbone(Backbone):
@@ -36,6 +36,58 @@ class TimmBackbone(Backbone):
         self.num_features = self.feature_info[-1].num_chs
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = linear_or_identity(self.num_features, num_classes)
+
+    def _body_path(self, module: str) -> str:
+        """Where timm's ``feature_info`` module (a path in the full model) lives in ``body``: unchanged
+        (EfficientNet/MobileNet feature classes), under ``model.`` (FeatureGetterNet, e.g. ViT), or with its
+        first-level Sequential flattened, ``stages.0`` -> ``stages_0`` (FeatureListNet)."""
+        paths = dict(self.body.named_modules())
+        for path in (module, f"model.{module}", module.replace(".", "_", 1)):
+            if path in paths:
+                return path
+        raise ValueError(f"timm:{self.model_name}: feature module {module!r} is not in the features_only model")
+
+    def stage_parameters(self) -> list[list[tuple[str, nn.Parameter]]]:
+        """timm's own declaration: ``feature_info`` names the module producing each map, and timm's feature
+        extraction assumes modules are registered in the order they run (``FeatureDictNet``'s contract).
+        So stage i is every parameter registered after map i-1's module, up to the end of map i's module;
+        what comes after the last map (a final norm or head timm did not prune) is in no stage.
+
+        Not for ``FeatureHookNet`` models (Xception, NASNet, PiT): they tap maps *inside* blocks whose
+        layers are not registered in the order they run (Xception registers a block's shortcut before its
+        stack), so the rule would put parameters in the wrong stage; they say so instead."""
+        from timm.models._features import FeatureHookNet
+
+        if isinstance(self.body, FeatureHookNet):
+            raise NotImplementedError(f"timm:{self.model_name} taps its feature maps inside blocks (timm's "
+                                      f"FeatureHookNet), so its stages are not declared")
+        order = list(dict(self.body.named_modules()))  # pre-order: a module, then its children
+        position = {path: i for i, path in enumerate(order)}
+        ends = []
+        for info in self.feature_info:
+            tap = self._body_path(info.module)
+            ends.append(max(position[p] for p in order if p == tap or p.startswith(tap + ".")))
+        stages: list[list[tuple[str, nn.Parameter]]] = [[] for _ in ends]
+        for path, module in self.body.named_modules():
+            stage = next((i for i, end in enumerate(ends) if position[path] <= end), None)
+            if stage is None:
+                continue
+            for name, p in module.named_parameters(recurse=False):
+                stages[stage].append((".".join(filter(None, ("body", path, name))), p))
+        return check_stages(self, stages)
+
+    def stage_modules(self) -> list[list[str]]:
+        """Only a ``FeatureListNet`` body (most CNNs) runs its children one after another, so only there is
+        a stage a chain of modules (the box head of Faster R-CNN's ``last_stage`` needs one)."""
+        from timm.models._features import FeatureListNet
+
+        if not isinstance(self.body, FeatureListNet):
+            raise NotImplementedError(f"timm:{self.model_name} extracts features with {type(self.body).__name__}, "
+                                      f"whose stages are not a chain of modules")
+        names = list(self.body.keys())
+        taps = [names.index(name) for name in self.body.return_layers]
+        starts = [0] + [tap + 1 for tap in taps[:-1]]
+        return [[f"body.{name}" for name in names[start:tap + 1]] for start, tap in zip(starts, taps)]
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(x))

@@ -37,6 +37,9 @@ class TorchvisionVideoResNet(Backbone):
         self.feature_info = [FeatureInfo(64, 2, "stem"), FeatureInfo(64, 2, "layer1"), FeatureInfo(128, 4, "layer2"),
                              FeatureInfo(256, 8, "layer3"), FeatureInfo(512, 16, "layer4")]
 
+    def stage_modules(self) -> list[list[str]]:
+        return [["stem"], *[[name] for name in _STAGES]]
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 5:
             raise ValueError(f"{self.arch} expects clips (N, C, T, H, W), got a tensor of shape {tuple(x.shape)}")

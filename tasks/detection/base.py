@@ -45,8 +45,9 @@ class DetectionTask(BaseTask):
                 ``score_thresh`` are dropped, boxes of one class overlapping more than ``nms_thresh`` are
                 suppressed (per-class NMS), and at most ``detections_per_img`` are kept.
             frozen_bn: replace the backbone's batch norm by ``FrozenBatchNorm2d`` (S1 L650).
-            trainable_stages: train only the last N ``feature_info`` stages (3: res3-res5 for ResNets, as
-                torchvision's reference); ``null`` trains everything.
+            trainable_stages: train only the last N of the backbone's declared stages (``stage_parameters``:
+                one per ``feature_info`` map, the stem in the first; 3: res3-res5 for ResNets, as torchvision's
+                reference) and freeze the earlier ones; ``null`` trains everything.
         """
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"model.init_args.class_names has {len(class_names)} names for num_classes={num_classes}")

@@ -4,8 +4,9 @@
 
 Three layouts:
   * ``box_head: last_stage`` (default, the ResNet paper's): the RPN and RoI pooling work on the
-    second-to-last feature map (conv4_x, stride 16); the backbone's last stage (conv5_x) runs on each
-    14 x 14 pooled RoI, then global average pooling and the sibling classifier/regressor.
+    second-to-last feature map (conv4_x, stride 16); the backbone's declared last stage (conv5_x; for
+    VGG pool4 and conv5_1-5_3) runs on each 14 x 14 pooled RoI, then global average pooling and the sibling
+    classifier/regressor.
   * ``box_head: mlp``: one feature map (``feature_index``, the last by default), 7 x 7 RoIs and two fully connected layers (VGG-16 style).
   * ``fpn: true``: a feature pyramid over the last ``fpn_levels`` maps (plus a max-pooled level), one
     anchor size per level, and the two-layer MLP head.
@@ -114,7 +115,7 @@ class FasterRCNNTask(DetectionTask):
             features = BackboneFeatures(body, indices=[-2])
             self.freeze_unused_backbone([-2, -1])  # the last stage runs in the box head
             last = body.feature_info[-1]
-            head = LastStageBoxHead(body.get_submodule(last.module), last.num_chs)
+            head = LastStageBoxHead(self._last_stage(body), last.num_chs)
             anchors = AnchorGenerator((sizes,), (ratios,))
             pooler = MultiScaleRoIAlign(features.names, output_size=14, sampling_ratio=2)
             representation = last.num_chs
@@ -137,6 +138,21 @@ class FasterRCNNTask(DetectionTask):
             box_score_thresh=h.score_thresh, box_nms_thresh=h.nms_thresh,
             box_detections_per_img=h.detections_per_img)
         self.detector.transform = PreparedImages()
+
+    def _last_stage(self, body) -> torch.nn.Module:
+        """The backbone's declared last stage as one module (ResNet: layer4; VGG/AlexNet: the pool and
+        convolutions after the second-to-last map), shared with the backbone; an error naming the
+        alternatives where a family has none that can run on pooled regions."""
+        name = self.hparams.backbone
+        try:
+            stage = body.stage_module(len(body.feature_info) - 1)
+        except NotImplementedError as err:
+            raise ValueError(f"model.init_args.box_head: last_stage needs the last stage of {name!r} as one module "
+                             f"({err}); use box_head: mlp or fpn: true") from err
+        if next(stage.parameters(), None) is None:
+            raise ValueError(f"model.init_args.box_head: the last stage of {name!r} has no parameters to run on "
+                             f"each region; use box_head: mlp or fpn: true")
+        return stage
 
     def head_modules(self) -> list:
         heads = [self.detector.rpn, self.detector.roi_heads]

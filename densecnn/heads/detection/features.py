@@ -31,24 +31,27 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def set_trainable_stages(backbone: nn.Module, trainable_stages: int | None) -> None:
-    """Train only the last ``trainable_stages`` stages of ``feature_info`` (``None``: everything).
+    """Train only the last ``trainable_stages`` of the backbone's declared stages (``stage_parameters``, one
+    per ``feature_info`` map; ``None``: leave everything as it is).
 
-    The stem and earlier stages are frozen, as Faster R-CNN does for conv1 and res2 of its ResNets
-    (torchvision's ``trainable_backbone_layers`` for ResNets: 3 = res3, res4, res5 train)."""
+    The earlier stages, the stem included (it is part of stage 0), are frozen, as Faster R-CNN does for conv1
+    and res2 of its ResNets (torchvision's ``trainable_backbone_layers`` for ResNets: 3 = res3, res4, res5
+    train). Parameters after the last map belong to no stage and keep their state: a head above the
+    features, such as the fc6/fc7 R-CNN fine-tunes, is not a feature stage."""
     if trainable_stages is None:
         return
-    infos = list(backbone.feature_info)
-    if not 0 <= trainable_stages <= len(infos):
-        raise ValueError(f"trainable_stages must be between 0 and {len(infos)} (the backbone's stages), "
+    try:
+        stages = backbone.stage_parameters()
+    except NotImplementedError as err:
+        raise ValueError(f"trainable_stages: {err}; use trainable_stages: null (or freeze by parameter name)"
+                         ) from err
+    if not 0 <= trainable_stages <= len(stages):
+        raise ValueError(f"trainable_stages must be between 0 and {len(stages)} (the backbone's stages), "
                          f"got {trainable_stages}")
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    for info in infos[len(infos) - trainable_stages:]:
-        for p in backbone.get_submodule(info.module).parameters():
-            p.requires_grad_(True)
-    if trainable_stages == len(infos):  # everything, including a stem that feature_info does not name
-        for p in backbone.parameters():
-            p.requires_grad_(True)
+    first_trained = len(stages) - trainable_stages
+    for index, stage in enumerate(stages):
+        for _, p in stage:
+            p.requires_grad_(index >= first_trained)
 
 
 class BackboneFeatures(nn.Module):
