@@ -240,7 +240,7 @@ class BaseTask(pl.LightningModule, ABC):
         self.update_metrics(stage, outputs, batch)
         self.log_dict(self.metrics_for(stage), on_step=False, on_epoch=True, prog_bar=not training,
                       batch_size=batch_size)
-        if batch_idx == 0 and not training and not self.trainer.sanity_checking:
+        if batch_idx == 0 and not training and not self.trainer.sanity_checking and not self.tuning():
             self.log_examples(stage, batch, outputs)
         return loss
 
@@ -252,8 +252,27 @@ class BaseTask(pl.LightningModule, ABC):
         return param_groups(named_params, lr, h.weight_decay, decay_norm_and_bias=h.weight_decay_norm_and_bias,
                             no_weight_decay=() if h.weight_decay_norm_and_bias else no_weight_decay_patterns(self))
 
+    # Lightning's LearningRateFinder runs its search in a callback's on_fit_start, after configure_optimizers
+    # and before this module's on_fit_start, then writes its suggestion into hparams.lr and every param group's
+    # lr. The schedules were built from the old lr (a chained warm-up would start at the full suggestion and
+    # climb past it; cosine keeps the old base lr) and backbone_lr_scale is lost: build them again.
+    def on_fit_start(self) -> None:
+        if self.hparams.lr != getattr(self, "_optimizer_lr", self.hparams.lr):
+            self.trainer.strategy.setup_optimizers(self.trainer)
+        self._fit_started = True
+
+    def on_fit_end(self) -> None:
+        self._fit_started = False
+
+    def tuning(self) -> bool:
+        """Whether a tuner (the learning-rate finder) is running its trial steps before the real fit: its
+        validation has no logger, and pictures would land in ``default_root_dir``."""
+        return (self._trainer is not None and self.trainer.state.fn == "fit"
+                and not getattr(self, "_fit_started", False))
+
     def configure_optimizers(self) -> Any:
         h = self.hparams
+        self._optimizer_lr = h.lr
         body = {id(p) for p in self.backbone_body_parameters()}
         trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         groups = (self.param_groups([(n, p) for n, p in trainable if id(p) in body], h.lr * h.backbone_lr_scale)

@@ -120,27 +120,6 @@ class ClassificationTask(BaseTask):
 
     def setup(self, stage: str) -> None:
         self.sync_class_names()
-        self._fit_started = False
-
-    # ---- Lightning's LearningRateFinder callback -----------------------------------------------------------
-    # It runs its search in a callback's on_fit_start, i.e. after configure_optimizers and before this module's
-    # on_fit_start, then writes its suggestion into hparams.lr and into every param group's lr. The schedules
-    # were built from the old lr (a chained warm-up would start at the full suggestion and climb to
-    # suggestion / warmup_start_factor; cosine keeps the old base lr) and backbone_lr_scale is lost, so the
-    # optimizer and its schedules are built again from the new hparams.lr.
-    def configure_optimizers(self) -> Any:
-        self._optimizer_lr = self.hparams.lr
-        return super().configure_optimizers()
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.hparams.lr != getattr(self, "_optimizer_lr", self.hparams.lr):
-            self.trainer.strategy.setup_optimizers(self.trainer)
-        self._fit_started = True
-
-    def _tuning(self) -> bool:
-        """Whether a tuner (the learning-rate finder) is running its trial steps before the real fit."""
-        return self.trainer.state.fn == "fit" and not getattr(self, "_fit_started", True)
 
     # ---- forward passes ----------------------------------------------------------------------------------
     def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
@@ -198,8 +177,6 @@ class ClassificationTask(BaseTask):
                     writer.writerow([name, *map(int, row)])
 
     def log_examples(self, stage: str, batch: dict, outputs: torch.Tensor) -> None:
-        if self._tuning():  # its validation has no logger: the picture would be left in default_root_dir
-            return
         n = self.hparams.num_log_images
         probs = outputs[:n].float()
         probs = probs if stage == "test" and self.hparams.tta != "none" else probs.softmax(dim=1)

@@ -119,7 +119,7 @@ class DetectionTask(BaseTask):
             return loss
         detections = self.detect(batch["image"], batch)
         self.update_metrics(stage, detections, batch)
-        if batch_idx == 0 and not self.trainer.sanity_checking:
+        if batch_idx == 0 and not self.trainer.sanity_checking and not self.tuning():
             self.log_examples(stage, batch, detections)
         return None
 
@@ -132,9 +132,15 @@ class DetectionTask(BaseTask):
 
     @staticmethod
     def to_original(detections: Sequence[dict], batch: dict) -> list[dict]:
-        """Boxes from the network input back to the original image's pixels (the pipeline only scaled)."""
+        """Boxes (and a target's ``area``, which scales by ``scale ** 2``) from the network input back to the
+        original image's pixels (the pipeline only scaled)."""
         scale = batch["scale"].to(batch["image"].device)
-        return [{**d, "boxes": d["boxes"] / scale[i]} for i, d in enumerate(detections)]
+        out = []
+        for i, d in enumerate(detections):
+            out.append({**d, "boxes": d["boxes"] / scale[i]})
+            if "area" in d:
+                out[-1]["area"] = d["area"] / scale[i].to(d["area"].dtype) ** 2
+        return out
 
     def update_metrics(self, stage: str, outputs: Sequence[dict], batch: dict) -> None:
         preds = [{k: d[k].detach() for k in ("boxes", "scores", "labels")} for d in self.to_original(outputs, batch)]

@@ -244,3 +244,20 @@ def test_two_stage_schedule_scales12_then_scale3(tmp_path):
               "--model.init_args.init_checkpoint", str(first), "--trainer.default_root_dir", str(tmp_path / "bad")])
     with pytest.raises(ValueError, match="training_stage: 'stage2'"):
         _task(targets=["depth"], training_stage="stage2")
+
+
+def test_the_lr_finder_drives_the_optimizer_of_a_dense_task(tmp_path):
+    """BaseTask rebuilds the optimizer and schedules from the finder's suggestion, for every task."""
+    from pytorch_lightning.callbacks import LearningRateFinder
+
+    finder = {"class_path": "pytorch_lightning.callbacks.LearningRateFinder",
+              "init_args": {"num_training_steps": 20, "early_stop_threshold": None}}
+    config = _write_config(tmp_path, ["depth"], extra_trainer={"callbacks": [finder], "limit_train_batches": 2, "max_epochs": 12})
+    # a cosine schedule holds the lr it was built with (initial_lr): it must be the suggestion's
+    run = main(["fit", "--config", str(config), "--model.init_args.lr_scheduler", "cosine"])
+    found = next(cb for cb in run.trainer.callbacks if isinstance(cb, LearningRateFinder)).optimal_lr.suggestion()
+    assert found is not None and found != 0.001 and run.model.hparams.lr == found
+    optimizer = run.trainer.optimizers[0]
+    assert [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups] == pytest.approx(
+        [found] * len(optimizer.param_groups))
+    assert not list((tmp_path / "runs").glob("*.png")) and not (tmp_path / "runs" / "pictures").exists()
