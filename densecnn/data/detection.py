@@ -10,9 +10,13 @@ Conventions (the same for every detector in ``tasks.detection``):
   * Every image is resized (longest side to ``image_size``, then padded at the bottom/right to a square),
     so a batch stacks; ``scale`` maps predictions back to the original image: ``original = boxes / scale``.
 
-Bad input: a box reaching outside its image is clipped, a box of zero area (after clipping) is dropped,
-each with one warning per annotation file listing the image and annotation ids; an unknown category id,
-a missing image file or a malformed annotation file raises ``DataError`` naming it.
+Bad input: a box reaching outside its image is clipped; a degenerate box (a NaN or infinite coordinate,
+negative or zero width/height, zero area after clipping) is dropped; each with one warning per annotation
+file listing the image and annotation ids and, for dropped boxes, what is wrong; an unknown category id, a
+duplicated COCO image id, a missing image file or a malformed annotation file raises ``DataError`` naming it.
+
+``area`` (per object) is COCO's annotation area (the segment's, which COCO's small/medium/large AP buckets
+use), or the box area where the file has none (VOC); it is scaled with the boxes (by ``scale ** 2``).
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ class DetectionRecord:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # 1..K
     iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # 1 = ignored in evaluation
     ann_ids: list = field(default_factory=list)
+    area: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float64))  # COCO area, else box area
 
     @property
     def name(self) -> str:
@@ -63,12 +68,29 @@ class _BoxReport:
     def __init__(self, source: str | os.PathLike):
         self.source, self.clipped, self.dropped = str(source), [], []
 
+    @staticmethod
+    def problem(x0: float, y0: float, x1: float, y1: float) -> str | None:
+        """What makes a (not yet clipped) xyxy box unusable, in words; None if nothing does."""
+        # NaN compares false with everything, so without this check it would slip past the clipping below
+        if not all(np.isfinite(v) for v in (x0, y0, x1, y1)):
+            return f"non-finite coordinate(s) {[x0, y0, x1, y1]}"
+        for side, size in (("width", x1 - x0), ("height", y1 - y0)):
+            if size < 0:
+                return f"negative {side} {size:g}"  # not "zero area": the box is inverted, say so
+            if size == 0:
+                return f"zero area ({side} 0)"
+        return None
+
     def sanitize(self, box: Sequence[float], width: int, height: int, where: str) -> list[float] | None:
         x0, y0, x1, y1 = (float(v) for v in box)
+        problem = self.problem(x0, y0, x1, y1)
+        if problem is not None:
+            self.dropped.append(f"{where}: {problem}")
+            return None
         clipped = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width),
                    min(max(y1, 0.0), height)]
         if clipped[2] - clipped[0] <= 0 or clipped[3] - clipped[1] <= 0:
-            self.dropped.append(where)
+            self.dropped.append(f"{where}: zero area after clipping to the {width}x{height} image")
             return None
         if clipped != [x0, y0, x1, y1]:
             self.clipped.append(where)
@@ -76,17 +98,21 @@ class _BoxReport:
 
     def warn(self) -> None:
         for kind, items, what in (("clipped", self.clipped, "reach outside their image; clipped to it"),
-                                  ("dropped", self.dropped, "have zero area; dropped")):
+                                  ("dropped", self.dropped, "are degenerate; dropped")):
             if items:
                 shown = "; ".join(items[:10]) + (f"; and {len(items) - 10} more" if len(items) > 10 else "")
                 warnings.warn(f"{self.source}: {len(items)} box(es) {what}: {shown}", stacklevel=3)
 
 
-def _as_arrays(record: DetectionRecord, boxes: list, labels: list, crowd: list, ann_ids: list) -> None:
+def _as_arrays(record: DetectionRecord, boxes: list, labels: list, crowd: list, ann_ids: list,
+               area: list | None = None) -> None:
     record.boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     record.labels = np.asarray(labels, np.int64)
     record.iscrowd = np.asarray(crowd, np.int64)
     record.ann_ids = list(ann_ids)
+    box_area = (record.boxes[:, 2] - record.boxes[:, 0]) * (record.boxes[:, 3] - record.boxes[:, 1])
+    # float64: float32 would move an area lying near a size-bucket boundary (32 ** 2, 96 ** 2)
+    record.area = (box_area if area is None else np.asarray(area)).astype(np.float64).reshape(-1)
 
 
 # ---- COCO -------------------------------------------------------------------------------------------------
@@ -102,7 +128,13 @@ def read_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike,
         raise DataError(f"{annotation_file}: annotation file not found")
     try:
         data = json.loads(annotation_file.read_text())
-        images = {int(im["id"]): im for im in data["images"]}
+        images = {}
+        for im in data["images"]:
+            # a repeated id would silently replace one image and hand its annotations to the other
+            if int(im["id"]) in images:
+                raise DataError(f"{annotation_file}: duplicate image id {int(im['id'])} in 'images' "
+                                f"({images[int(im['id'])].get('file_name')!r} and {im.get('file_name')!r})")
+            images[int(im["id"])] = im
         categories = sorted(data["categories"], key=lambda c: int(c["id"]))
         annotations = data.get("annotations", [])
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -145,14 +177,17 @@ def read_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike,
         if width <= 0 or height <= 0:
             height, width = read_rgb(path).shape[:2]
         record = DetectionRecord(image_id, str(path), width, height)
-        boxes, labels, crowd, ids = [], [], [], []
+        boxes, labels, crowd, ids, areas = [], [], [], [], []
         for ann in per_image[image_id]:
             box = report.sanitize(ann["_box"], width, height, f"image {image_id} ({info['file_name']}) "
                                                                   f"{ann['_where']}")
             if box is not None:
                 boxes.append(box), labels.append(ann["_label"]), crowd.append(int(ann.get("iscrowd", 0)))
                 ids.append(ann.get("id"))
-        _as_arrays(record, boxes, labels, crowd, ids)
+                # COCO's size buckets (APs/APm/APl, ARs/m/l) use the annotation's area, not the box's
+                area = float(ann.get("area") or 0.0)
+                areas.append(area if np.isfinite(area) and area > 0 else (box[2] - box[0]) * (box[3] - box[1]))
+        _as_arrays(record, boxes, labels, crowd, ids, areas)
         records.append(record)
     report.warn()
     return records, list(category_ids), class_names
@@ -302,7 +337,7 @@ def build_detection_pipeline(image_size: int, *, train: bool, mean: Sequence[flo
 
 
 class DetectionDataset(Dataset):
-    """Samples ``{"image", "target": {"boxes", "labels", "iscrowd"}, "image_id", "path", "scale",
+    """Samples ``{"image", "target": {"boxes", "labels", "iscrowd", "area"}, "image_id", "path", "scale",
     "orig_size"[, "proposals"]}`` from records, through a bbox-aware albumentations pipeline.
 
     Args:
@@ -344,22 +379,33 @@ class DetectionDataset(Dataset):
                             f"{record.width}x{record.height}")
         keep = np.ones(len(record.labels), bool) if self.keep_ignored else record.iscrowd == 0
         boxes, labels, crowd = record.boxes[keep], record.labels[keep], record.iscrowd[keep]
+        area = record.area[keep] if len(record.area) == len(record.labels) else \
+            (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # records built by hand without area
         if self.proposals is not None:
             props = self.proposals_of(record)
             boxes = np.concatenate([boxes, props])
             labels = np.concatenate([labels, np.full(len(props), PROPOSAL_LABEL, np.int64)])
             crowd = np.concatenate([crowd, np.zeros(len(props), np.int64)])
-        out = self.transform(image=image, bboxes=boxes, labels=labels, iscrowd=crowd)
+            area = np.concatenate([area, np.zeros(len(props))])
+        # the pipeline's ``iscrowd`` label field carries each box's index, so the per-box values the pipeline
+        # does not know about (area) follow the boxes it keeps; crowd flags are looked up by it afterwards
+        out = self.transform(image=image, bboxes=boxes, labels=labels, iscrowd=np.arange(len(boxes)))
+        kept = np.asarray(out["iscrowd"], np.int64).reshape(-1)
         out_boxes = torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4))
         out_labels = torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1))
-        out_crowd = torch.as_tensor(np.asarray(out["iscrowd"], np.int64).reshape(-1))
+        out_crowd = torch.as_tensor(crowd[kept].astype(np.int64))
         objects = out_labels != PROPOSAL_LABEL
         image_t = out["image"]
+        scale = max(image_t.shape[-2:]) / max(record.height, record.width)
+        # area scales like the boxes (by scale ** 2), so ``to_original`` (area / scale ** 2) gives back the
+        # annotation's own area; with the float32 scale the batch carries, so the round trip is exact to float64
+        # rounding. Crops of the training pipeline are not accounted for (training is not evaluated).
+        out_area = torch.as_tensor(area[kept] * float(np.float32(scale)) ** 2, dtype=torch.float64)
         sample = {"image": image_t,
                   "target": {"boxes": out_boxes[objects], "labels": out_labels[objects],
-                             "iscrowd": out_crowd[objects]},
+                             "iscrowd": out_crowd[objects], "area": out_area[objects]},
                   "image_id": record.image_id, "path": record.path,
-                  "scale": max(image_t.shape[-2:]) / max(record.height, record.width),
+                  "scale": scale,
                   "orig_size": (record.height, record.width)}
         if self.proposals is not None:
             sample["proposals"] = out_boxes[~objects]

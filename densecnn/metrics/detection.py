@@ -2,8 +2,10 @@
 torchmetrics Metrics updated per batch, synced across DDP ranks and computed once per epoch.
 
 Both take torchvision-style inputs: ``preds`` a list (one per image) of ``{"boxes" (xyxy), "scores",
-"labels"}``, ``target`` a list of ``{"boxes", "labels"[, "iscrowd"]}``; ``iscrowd`` marks objects evaluation
-ignores (COCO crowd regions; VOC "difficult" objects).
+"labels"}``, ``target`` a list of ``{"boxes", "labels"[, "iscrowd", "area"]}``; ``iscrowd`` marks objects evaluation
+ignores (COCO crowd regions; VOC "difficult" objects); ``area`` is the annotation's area that COCO's size
+buckets (``map_small`` ...) use, as COCOeval does (without it, the box area). A split without any ground
+truth gives -1 (COCO's "undefined") for every value, never NaN.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ class VOCMeanAP(Metric):
     Matching follows the devkit: detections of a class, by decreasing score, take the ground-truth box
     they overlap most; above the threshold that is a true positive unless the box was already taken (a
     false positive) or is difficult (ignored: neither); below it, a false positive. Classes without
-    ground truth are left out of the mean.
+    ground truth are left out of the mean; with none at all the value is -1, as COCOeval reports it.
     """
 
     full_state_update = False
@@ -115,9 +117,11 @@ class VOCMeanAP(Metric):
             precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
             ap07.append(voc_ap(recall, precision, True))
             ap.append(voc_ap(recall, precision, False))
-        nan = float("nan")
-        return {"map_voc07": torch.tensor(np.mean(ap07) if ap07 else nan, dtype=torch.float32),
-                "map_voc": torch.tensor(np.mean(ap) if ap else nan, dtype=torch.float32)}
+        # no ground truth: COCO's "undefined" -1 (what the COCO keys report too), not NaN, which a logger,
+        # checkpoint monitor or early stopping on this value cannot handle
+        undefined = -1.0
+        return {"map_voc07": torch.tensor(np.mean(ap07) if ap07 else undefined, dtype=torch.float32),
+                "map_voc": torch.tensor(np.mean(ap) if ap else undefined, dtype=torch.float32)}
 
     def _match(self, boxes, scores, images, gt_boxes, gt_ignore, gt_images) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(-scores, kind="stable")

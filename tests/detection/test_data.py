@@ -50,6 +50,63 @@ def test_coco_clips_outside_boxes_and_drops_zero_area_with_warnings(tmp_path):
     np.testing.assert_allclose(records[0].boxes, [[0, 20, 40, 30]])
 
 
+def test_coco_duplicate_image_id_is_an_error(tmp_path):
+    """A repeated image id used to replace one image by the other and move its annotations onto it."""
+    path = _coco(tmp_path, [{"id": 10, "image_id": 1, "category_id": 7, "bbox": [1, 2, 10, 5]}])
+    data = json.loads(path.read_text())
+    data["images"][1]["id"] = 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"ann\.json: duplicate image id 1\b"):
+        read_coco(path, tmp_path / "img")
+
+
+def test_coco_non_finite_and_negative_boxes_are_reported_as_what_they_are(tmp_path):
+    """NaN/infinite coordinates and inverted boxes are dropped (the degenerate-box policy) with a warning
+    naming the annotation, its image and the actual problem (not "zero area" for a negative width)."""
+    path = _coco(tmp_path, [{"id": 31, "image_id": 1, "category_id": 7, "bbox": [1, float("nan"), 5, 5]},
+                            {"id": 32, "image_id": 1, "category_id": 7, "bbox": [1, 1, float("inf"), 5]},
+                            {"id": 33, "image_id": 1, "category_id": 7, "bbox": [9, 1, -3, 5]},
+                            {"id": 34, "image_id": 1, "category_id": 7, "bbox": [1, 9, 4, -2.5]},
+                            {"id": 35, "image_id": 1, "category_id": 7, "bbox": [1, 1, 4, 4]}])
+    with pytest.warns(UserWarning) as caught:
+        records, _, _ = read_coco(path, tmp_path / "img")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "4 box(es)" in messages and "annotation id 35" not in messages
+    assert "image 1 (x.png) annotation id 31: non-finite coordinate" in messages
+    assert "annotation id 32: non-finite coordinate" in messages
+    assert "annotation id 33: negative width -3" in messages
+    assert "annotation id 34: negative height -2.5" in messages
+    assert "zero area" not in messages
+    np.testing.assert_allclose(records[0].boxes, [[1, 1, 5, 5]])
+
+
+def test_voc_inverted_box_says_negative_width(tmp_path):
+    root = write_voc(tmp_path / "VOC", {"a": [("dog", 0, (20, 1, 10, 5))]})
+    # 1-based xmin 20 -> continuous 19; xmax 10: width 10 - 19 = -9
+    with pytest.warns(UserWarning, match=r"image a annotation 0: negative width -9"):
+        records = read_voc(root, "trainval")
+    assert len(records[0].boxes) == 0
+
+
+def test_coco_area_is_kept_and_scaled_with_the_boxes(tmp_path):
+    """The annotation's area (COCO's size buckets use it) reaches the target scaled by scale ** 2, and
+    ``to_original`` gives it back; without an area in the file, the box area stands in."""
+    from tasks.detection.base import DetectionTask
+
+    path = _coco(tmp_path, [{"id": 10, "image_id": 1, "category_id": 7, "bbox": [1, 2, 10, 5], "area": 123.25},
+                            {"id": 11, "image_id": 1, "category_id": 3, "bbox": [5, 5, 4, 4]}], size=(40, 30))
+    records, _, _ = read_coco(path, tmp_path / "img")
+    np.testing.assert_allclose(records[0].area, [123.25, 16.0])
+    assert records[1].area.shape == (0,)
+    dataset = DetectionDataset(records, build_detection_pipeline(100, train=False))  # scale 2.5
+    batch = detection_collate([dataset[0], dataset[1]])
+    np.testing.assert_allclose(batch["target"][0]["area"].numpy(), [123.25 * 2.5 ** 2, 16 * 2.5 ** 2], rtol=1e-6)
+    assert batch["target"][0]["iscrowd"].tolist() == [0, 0] and batch["target"][1]["area"].shape == (0,)
+    original = DetectionTask.to_original(batch["target"], batch)
+    np.testing.assert_allclose(original[0]["area"].numpy(), [123.25, 16.0], rtol=1e-12)
+    np.testing.assert_allclose(original[0]["boxes"].numpy(), records[0].boxes, atol=1e-4)
+
+
 @pytest.mark.parametrize("annotation, message", [
     ({"id": 5, "image_id": 1, "category_id": 99, "bbox": [1, 1, 2, 2]}, "unknown category id 99"),
     ({"id": 6, "image_id": 42, "category_id": 7, "bbox": [1, 1, 2, 2]}, "image id 42"),

@@ -117,3 +117,81 @@ def test_voc_ap_curve_function():
     precision = np.array([1.0, 1.0, 0.67, 0.8])
     assert voc_ap(recall, precision, False) == pytest.approx(0.4 * 1 + 0.4 * 0.8)
     assert voc_ap(recall, precision, True) == pytest.approx((5 * 1 + 4 * 0.8 + 2 * 0) / 11)
+
+
+def test_size_buckets_use_the_annotation_area_like_cocoeval(tmp_path):
+    """APs/APm/APl and ARs/m/l bucket objects by the annotation's ``area`` (the segment's), not the box's.
+    The ground truth below puts boxes in other buckets than their box areas would; it goes through
+    ``read_coco``, the (resizing) evaluation pipeline and ``to_original``, then must give COCOeval's numbers
+    on the very same JSON files."""
+    import json
+
+    from PIL import Image
+
+    from densecnn.data.detection import (DetectionDataset, build_detection_pipeline, detection_collate,
+                                         read_coco)
+    from tasks.detection.base import DetectionTask
+
+    # (x, y, w, h), area: box area 1600 (medium) -> small; 400 (small) -> medium; 12100 (large) -> medium;
+    # 2500 (medium) -> large; one left where its box is (900, small)
+    objects = {1: [([10, 10, 40, 40], 500.0), ([100, 20, 20, 20], 2000.0), ([60, 80, 110, 110], 5000.0)],
+               2: [([20, 30, 50, 50], 10000.0), ([150, 10, 30, 30], 900.0)]}
+    images, annotations = [], []
+    for image_id, objs in objects.items():
+        Image.fromarray(np.zeros((200, 250, 3), np.uint8)).save(tmp_path / f"{image_id}.png")
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "width": 250, "height": 200})
+        for bbox, area in objs:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                                "bbox": bbox, "area": area, "iscrowd": 0})
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps({"images": images, "annotations": annotations,
+                                   "categories": [{"id": 1, "name": "thing"}]}))
+    # detections: the ground-truth boxes, plus false positives of every size scored above some of them
+    results = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9 - 0.1 * i}
+               for i, a in enumerate(annotations)]
+    results += [{"image_id": 1, "category_id": 1, "bbox": [200, 150, 20, 20], "score": 0.85},
+                {"image_id": 2, "category_id": 1, "bbox": [100, 100, 45, 45], "score": 0.75},
+                {"image_id": 2, "category_id": 1, "bbox": [120, 60, 110, 110], "score": 0.65}]
+    res_file = tmp_path / "res.json"
+    res_file.write_text(json.dumps(results))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt_coco = COCO(str(gt_file))
+        evaluator = COCOeval(gt_coco, gt_coco.loadRes(str(res_file)), "bbox")
+        evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
+    stats = evaluator.stats
+
+    records, _, _ = read_coco(gt_file, tmp_path)
+    dataset = DetectionDataset(records, build_detection_pipeline(160, train=False))  # scale 0.64
+    batch = detection_collate([dataset[i] for i in range(len(dataset))])
+    targets = DetectionTask.to_original(batch["target"], batch)
+    preds = []
+    for record in records:
+        mine = [r for r in results if r["image_id"] == record.image_id]
+        preds.append({"boxes": box_convert(torch.tensor([r["bbox"] for r in mine], dtype=torch.float32),
+                                           "xywh", "xyxy"),
+                      "scores": torch.tensor([r["score"] for r in mine]), "labels": torch.ones(len(mine), dtype=torch.long)})
+    metric = DetectionMetrics()
+    metric.update(preds, targets)
+    ours = metric.compute()
+    names = {"map": 0, "map_small": 3, "map_medium": 4, "map_large": 5, "mar_100": 8,
+             "mar_small": 9, "mar_medium": 10, "mar_large": 11}
+    for name, index in names.items():
+        assert ours[name].item() == pytest.approx(stats[index], abs=1e-6), name
+    # the case discriminates: by box area (what dropping ``area`` gave) the size buckets come out otherwise
+    by_box = DetectionMetrics()
+    by_box.update(preds, [{k: v for k, v in t.items() if k != "area"} for t in targets])
+    by_box = by_box.compute()
+    assert any(abs(by_box[n].item() - ours[n].item()) > 0.05 for n in ("map_small", "map_medium", "map_large"))
+
+
+def test_a_split_without_ground_truth_gives_minus_one_not_nan():
+    """COCOeval's -1 ("undefined") for every value, the VOC numbers included, when no image has an object."""
+    metric = DetectionMetrics(prefix="test/")
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+             "iscrowd": torch.zeros(0, dtype=torch.long), "area": torch.zeros(0, dtype=torch.float64)}
+    metric.update([{"boxes": torch.tensor([[0, 0, 10, 10.]]), "scores": torch.tensor([0.9]),
+                    "labels": torch.tensor([1])}], [empty])
+    values = DetectionMetrics.scalars(metric.compute())
+    assert len(values) == 11
+    for name, value in values.items():
+        assert value.item() == -1.0, name
