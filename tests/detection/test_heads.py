@@ -125,3 +125,14 @@ def test_freeze_unused_parameters_when_the_used_maps_are_already_frozen():
     unused = freeze_unused_parameters(backbone, [1], in_chans=3, size=32)
     assert set(unused) == {"c5.weight", "c5.bias", "f6.weight", "f6.bias"}
     assert not any(p.requires_grad for p in backbone.parameters())
+
+
+def test_detection_loss_of_a_batch_without_rois_is_zero_and_backpropagates():
+    from densecnn.heads.detection.boxes import detection_loss
+
+    logits = torch.zeros(0, 4, requires_grad=True)
+    deltas = torch.zeros(0, 16, requires_grad=True)
+    cls_loss, box_loss = detection_loss(logits, deltas, torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))
+    assert cls_loss.item() == 0.0 and box_loss.item() == 0.0
+    (cls_loss + box_loss).backward()
+    assert logits.grad is not None and deltas.grad is not None

@@ -96,6 +96,9 @@ def detection_loss(class_logits: torch.Tensor, box_regression: torch.Tensor, lab
                    targets: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Fast R-CNN's multi-task loss (Eq. 1): softmax log loss over K + 1 classes plus the smooth-L1 loss of
     the true class's box deltas on foreground RoIs ([u >= 1]), averaged over all RoIs (lambda = 1)."""
+    if labels.numel() == 0:  # a batch without any RoI: nothing to learn from (cross-entropy would give NaN)
+        zero = class_logits.sum() * 0.0 + box_regression.sum() * 0.0  # still in the graph, for DDP
+        return zero, zero.clone()
     cls_loss = F.cross_entropy(class_logits, labels)
     fg = torch.where(labels > 0)[0]
     deltas = box_regression.reshape(len(box_regression), -1, 4)[fg, labels[fg]]
