@@ -35,6 +35,11 @@ class FeatureInfo:
         return getattr(self, key)
 
 
+class StagesUnavailable(ValueError):
+    """A model whose stages cannot be given in the form asked for (a timm model that taps its maps inside
+    blocks, or whose stages are not a chain of modules); freezing by stage or a last-stage head is refused."""
+
+
 class Backbone(nn.Module, ABC):
     """Base class: subclasses fill ``feature_info`` and implement ``forward_features``/``forward_head``."""
 
@@ -59,9 +64,9 @@ class Backbone(nn.Module, ABC):
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
 
+    @abstractmethod
     def stage_modules(self) -> list[list[str]]:
         """Attribute paths of the layers of each stage, shallow to deep (see the module docstring)."""
-        raise NotImplementedError(f"{type(self).__name__} does not declare its stages (stage_modules)")
 
     def stage_parameters(self) -> list[list[tuple[str, nn.Parameter]]]:
         """``(name, parameter)`` of each stage, one list per ``feature_info`` entry, names as in

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone, FeatureInfo, check_stages, linear_or_identity
+from .base import Backbone, FeatureInfo, StagesUnavailable, check_stages, linear_or_identity
 
 
 class TimmBackbone(Backbone):
@@ -59,7 +59,7 @@ class TimmBackbone(Backbone):
         from timm.models._features import FeatureHookNet
 
         if isinstance(self.body, FeatureHookNet):
-            raise NotImplementedError(f"timm:{self.model_name} taps its feature maps inside blocks (timm's "
+            raise StagesUnavailable(f"timm:{self.model_name} taps its feature maps inside blocks (timm's "
                                       f"FeatureHookNet), so its stages are not declared")
         order = list(dict(self.body.named_modules()))  # pre-order: a module, then its children
         position = {path: i for i, path in enumerate(order)}
@@ -82,7 +82,7 @@ class TimmBackbone(Backbone):
         from timm.models._features import FeatureListNet
 
         if not isinstance(self.body, FeatureListNet):
-            raise NotImplementedError(f"timm:{self.model_name} extracts features with {type(self.body).__name__}, "
+            raise StagesUnavailable(f"timm:{self.model_name} extracts features with {type(self.body).__name__}, "
                                       f"whose stages are not a chain of modules")
         names = list(self.body.keys())
         taps = [names.index(name) for name in self.body.return_layers]

@@ -26,6 +26,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
+from densecnn.backbones.base import StagesUnavailable
 from densecnn.heads.detection import BackboneFeatures, LastStageBoxHead
 
 from .base import DetectionTask
@@ -146,7 +147,7 @@ class FasterRCNNTask(DetectionTask):
         name = self.hparams.backbone
         try:
             stage = body.stage_module(len(body.feature_info) - 1)
-        except NotImplementedError as err:
+        except StagesUnavailable as err:
             raise ValueError(f"model.init_args.box_head: last_stage needs the last stage of {name!r} as one module "
                              f"({err}); use box_head: mlp or fpn: true") from err
         if next(stage.parameters(), None) is None:

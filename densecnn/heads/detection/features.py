@@ -11,6 +11,8 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from densecnn.backbones.base import StagesUnavailable
+
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every ``BatchNorm2d`` by ``FrozenBatchNorm2d`` holding the same statistics and affine
@@ -42,7 +44,7 @@ def set_trainable_stages(backbone: nn.Module, trainable_stages: int | None) -> N
         return
     try:
         stages = backbone.stage_parameters()
-    except NotImplementedError as err:
+    except StagesUnavailable as err:
         raise ValueError(f"trainable_stages: {err}; use trainable_stages: null (or freeze by parameter name)"
                          ) from err
     if not 0 <= trainable_stages <= len(stages):
