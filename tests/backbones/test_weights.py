@@ -167,6 +167,19 @@ def test_missing_or_corrupt_files_name_the_file(tmp_path):
         create_backbone("lenet5", weights=junk)
 
 
+def test_any_junk_file_is_a_weights_error_naming_it(tmp_path):
+    """Random bytes fail anywhere in the weights-only unpickler (EOF, assertion, unicode, ...); each failure
+    must come back as the same named error."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    junk = tmp_path / "junk.pth"
+    for _ in range(200):
+        junk.write_bytes(rng.bytes(int(rng.integers(1, 512))))
+        with pytest.raises(WeightsError, match="junk.pth"):
+            create_backbone("lenet5", weights=junk)
+
+
 def test_named_torchvision_weights_come_from_the_hub_cache(resnet18_file, tmp_path, monkeypatch):
     path, reference = resnet18_file
     url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url

@@ -37,6 +37,17 @@ def test_last_checkpoint_is_the_end_of_training_whatever_the_best_was(fitted):
     assert [cb for cb in fit.trainer.callbacks if isinstance(cb, LastCheckpoint)]
     assert any(isinstance(cb, LearningRateMonitor) for cb in fit.trainer.callbacks)  # a logger is present
     assert sorted(p.name for p in (log_dir / "checkpoints").glob("last*")) == ["last.ckpt"]
+    assert isinstance(fit.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_last_checkpoint_follows_training_when_the_metric_stops_improving(classification_root, tmp_path):
+    """With lr 0 the validation accuracy never improves after epoch 0: Lightning's own save_last would keep
+    the epoch-0 last.ckpt, and a resume would lose every later epoch."""
+    fit = cli(["fit", *classification_args(classification_root, tmp_path, "--trainer.max_epochs", "3",
+                                           "--model.init_args.lr", "0", "--model.init_args.checkpoint_every_n_minutes",
+                                           "null")])
+    last = torch.load(Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == fit.trainer.global_step == 12
 
 
 def test_a_users_checkpoint_callback_is_kept_and_ours_are_not_added(classification_root, tmp_path):
