@@ -68,6 +68,9 @@ def test_depth_and_normals_train_under_ddp_and_test_metrics_match_one_process(tm
     assert len(keys) == 15
     for key in keys:
         assert with_ddp[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-4), key
+    # the losses too: sample-weighted means over all ranks (uneven shards: a mean of the ranks' means would differ)
+    for key in ("test/loss_depth", "test/loss_normals", "test/loss"):
+        assert with_ddp[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-5), key
 
 
 @pytest.mark.slow
