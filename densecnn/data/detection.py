@@ -21,6 +21,7 @@ use), or the box area where the file has none (VOC); it is scaled with the boxes
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -41,6 +42,9 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")  # S1 L688, the order of the VOC devkit
 PROPOSAL_LABEL = 0  # proposals travel through albumentations next to the objects, marked with label 0
+# The whole image travels as one more box with this label: where it lands after the pipeline's resize, random
+# scale, crop and flip is the part of the network input that holds image rather than padding ("image_size").
+FRAME_LABEL = -1
 
 
 @dataclass
@@ -338,7 +342,9 @@ def build_detection_pipeline(image_size: int, *, train: bool, mean: Sequence[flo
 
 class DetectionDataset(Dataset):
     """Samples ``{"image", "target": {"boxes", "labels", "iscrowd", "area"}, "image_id", "path", "scale",
-    "orig_size"[, "proposals"]}`` from records, through a bbox-aware albumentations pipeline.
+    "orig_size", "image_size"[, "proposals"]}`` from records, through a bbox-aware albumentations pipeline.
+    ``image_size`` is ``(height, width)`` of the part of the network input that is image, not padding: the
+    detectors clip boxes to it and the RPN proposes only inside it (torchvision's ``image_sizes``).
 
     Args:
         records: from ``read_coco``/``read_voc``/``image_records``.
@@ -387,15 +393,21 @@ class DetectionDataset(Dataset):
             labels = np.concatenate([labels, np.full(len(props), PROPOSAL_LABEL, np.int64)])
             crowd = np.concatenate([crowd, np.zeros(len(props), np.int64)])
             area = np.concatenate([area, np.zeros(len(props))])
+        boxes = np.concatenate([boxes.reshape(-1, 4), [[0, 0, record.width, record.height]]]).astype(np.float32)
+        labels = np.concatenate([labels, [FRAME_LABEL]]).astype(np.int64)
         # the pipeline's ``iscrowd`` label field carries each box's index, so the per-box values the pipeline
         # does not know about (area) follow the boxes it keeps; crowd flags are looked up by it afterwards
         out = self.transform(image=image, bboxes=boxes, labels=labels, iscrowd=np.arange(len(boxes)))
         kept = np.asarray(out["iscrowd"], np.int64).reshape(-1)
         out_boxes = torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4))
         out_labels = torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1))
+        crowd = np.concatenate([crowd, [0]])
         out_crowd = torch.as_tensor(crowd[kept].astype(np.int64))
-        objects = out_labels != PROPOSAL_LABEL
         image_t = out["image"]
+        frame = out_labels == FRAME_LABEL
+        image_size = content_size(out_boxes[frame], tuple(image_t.shape[-2:]))
+        out_boxes, out_labels, out_crowd, kept = out_boxes[~frame], out_labels[~frame], out_crowd[~frame], kept[~frame.numpy()]
+        objects = out_labels != PROPOSAL_LABEL
         scale = max(image_t.shape[-2:]) / max(record.height, record.width)
         # area scales like the boxes (by scale ** 2), so ``to_original`` (area / scale ** 2) gives back the
         # annotation's own area; with the float32 scale the batch carries, so the round trip is exact to float64
@@ -406,10 +418,21 @@ class DetectionDataset(Dataset):
                              "iscrowd": out_crowd[objects], "area": out_area[objects]},
                   "image_id": record.image_id, "path": record.path,
                   "scale": scale,
-                  "orig_size": (record.height, record.width)}
+                  "orig_size": (record.height, record.width),
+                  "image_size": image_size}
         if self.proposals is not None:
             sample["proposals"] = out_boxes[~objects]
         return sample
+
+
+def content_size(frame: torch.Tensor, padded: tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of the image content in the network input: the far corner of the transformed
+    whole-image box (the evaluation pipeline pads at the bottom/right; a training crop or flip can move the
+    content, and then the box's far edge still bounds it). The padded size when the box was cropped away."""
+    if len(frame) == 0:
+        return padded
+    x1, y1 = frame[0, 2].item(), frame[0, 3].item()
+    return min(padded[0], int(math.ceil(y1 - 1e-3))), min(padded[1], int(math.ceil(x1 - 1e-3)))
 
 
 def detection_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -419,7 +442,8 @@ def detection_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
              "image_id": torch.as_tensor([s["image_id"] for s in samples]),
              "path": [s["path"] for s in samples],
              "scale": torch.as_tensor([s["scale"] for s in samples], dtype=torch.float32),
-             "orig_size": torch.as_tensor([s["orig_size"] for s in samples])}
+             "orig_size": torch.as_tensor([s["orig_size"] for s in samples]),
+             "image_size": torch.as_tensor([s.get("image_size", tuple(s["image"].shape[-2:])) for s in samples])}
     if "proposals" in samples[0]:
         batch["proposals"] = [s["proposals"] for s in samples]
     return batch

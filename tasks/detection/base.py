@@ -131,6 +131,14 @@ class DetectionTask(BaseTask):
         return sum(losses.values()), losses
 
     @staticmethod
+    def image_sizes(batch: dict) -> list[tuple[int, int]]:
+        """``(height, width)`` of each image's content in the network input (the rest is padding), from the
+        batch's ``image_size``; the whole input where a batch does not carry it."""
+        if "image_size" not in batch:
+            return [tuple(batch["image"].shape[-2:])] * len(batch["image"])
+        return [(int(h), int(w)) for h, w in batch["image_size"].tolist()]
+
+    @staticmethod
     def to_original(detections: Sequence[dict], batch: dict) -> list[dict]:
         """Boxes (and a target's ``area``, which scales by ``scale ** 2``) from the network input back to the
         original image's pixels (the pipeline only scaled)."""
@@ -195,7 +203,9 @@ class DetectionTask(BaseTask):
         out = transform(image=image, bboxes=regions, labels=np.zeros(len(regions), np.int64),
                         iscrowd=np.zeros(len(regions), np.int64))
         tensor = out["image"].unsqueeze(0).to(self.device)
-        batch = {"image": tensor, "scale": torch.tensor([max(tensor.shape[-2:]) / max(image.shape[:2])]),
+        scale = max(tensor.shape[-2:]) / max(image.shape[:2])
+        content = [min(padded, round(side * scale)) for padded, side in zip(tensor.shape[-2:], image.shape[:2])]
+        batch = {"image": tensor, "scale": torch.tensor([scale]), "image_size": torch.tensor([content]),
                  "proposals": [torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4))]}
         was_training = self.training
         self.eval()

@@ -255,3 +255,27 @@ def test_collate_empty_targets():
               "image_id": record.image_id, "path": "p", "scale": 1.0, "orig_size": (10, 10)}
     batch = detection_collate([sample, sample])
     assert batch["image"].shape == (2, 3, 8, 8) and batch["image_id"].tolist() == [1, 1]
+
+
+def test_image_size_is_the_content_of_a_non_square_photo(tmp_path):
+    """A 100x75 photo in a 128 px square: the evaluation pipeline scales by 1.28 and pads at the bottom, so the
+    image occupies 96 rows and 128 columns; a tall one the other way round. Training crops/flips stay bounded."""
+    records = []
+    for i, (w, h) in enumerate([(100, 75), (60, 120)]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((h, w, 3), 200, np.uint8)).save(path)
+        records.append(DetectionRecord(i, str(path), w, h, boxes=np.array([[5, 5, 30, 30]], np.float32),
+                                       labels=np.array([1]), iscrowd=np.array([0])))
+    evaluation = DetectionDataset(records, build_detection_pipeline(128, train=False))
+    batch = detection_collate([evaluation[0], evaluation[1]])
+    assert batch["image_size"].tolist() == [[96, 128], [128, 64]]
+    assert batch["target"][0]["labels"].tolist() == [1] and len(batch["target"][0]["boxes"]) == 1
+    training = DetectionDataset(records, build_detection_pipeline(128, train=True, hflip=0.0), keep_ignored=False)
+    for _ in range(5):
+        sample = training[0]
+        h, w = sample["image_size"]
+        assert 0 < h <= 128 and 0 < w <= 128
+        # the last content row holds image, everything below it is padding (zeros before normalisation)
+        image, padding = sample["image"], sample["image"][:, -1, -1]
+        assert not torch.allclose(image[:, h - 1, 0], padding)
+        assert torch.allclose(image[:, h:, :], padding[:, None, None].expand_as(image[:, h:, :]))
