@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -60,6 +61,12 @@ class Backbone(nn.Module, ABC):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x)[-1])
+
+    def feature_maps(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The maps at ``indices`` of ``feature_info`` (negative indices count from the deepest), in that
+        order. What consumers that read only some maps (the detectors) call."""
+        maps = self.forward_features(x)
+        return [maps[i] for i in indices]
 
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
