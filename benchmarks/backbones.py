@@ -8,6 +8,12 @@ Prints each pair's fastest and median step time and ``ratio = torchvision / dens
 (the least disturbed by other work on the machine; timeit's advice): 1.0 is parity, above 1 ours is
 faster; the target is ratio >= 0.98. Training mode (batch norm statistics, dropout, GoogLeNet's two
 auxiliary classifiers in both models), loss = mean of every output.
+
+First it prints what computing only the maps used saves (``feature_maps`` / ``forward_features(x, max_index)``)
+in Faster R-CNN's C4 layout (``box_head: last_stage``: the RPN reads map -2, conv4_x for ResNets, over the
+whole image; the last stage runs only on the pooled RoIs): multiply-adds of ``forward_features`` over all maps
+and up to map -2 on one ``--detection-size`` image (default 600x1000, Faster R-CNN's shorter side 600),
+counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (no memory, no time).
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import time
 import torch
 import torchvision
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from densecnn import create_backbone
 
@@ -35,7 +42,10 @@ def outputs_of(result) -> list[torch.Tensor]:
 
 
 def step(model: nn.Module, x: torch.Tensor) -> None:
-    loss = sum(o.float().mean() for o in outputs_of(model(x)))
+    # ours gives its auxiliary classifiers' outputs through forward_with_aux (forward returns the logits alone)
+    forward_with_aux = getattr(model, "forward_with_aux", None)
+    outputs = [o for part in forward_with_aux(x) for o in outputs_of(part)] if forward_with_aux else outputs_of(model(x))
+    loss = sum(o.float().mean() for o in outputs)
     loss.backward()
     model.zero_grad(set_to_none=True)
 
@@ -73,6 +83,25 @@ def compare(name: str, args, device: torch.device) -> dict[str, list[float]]:
     return times
 
 
+def feature_macs(name: str, height: int, width: int, max_index: int | None) -> float:
+    """Multiply-adds (convolutions and matrix products; FlopCounterMode counts 2 FLOPs per MAC) of
+    ``forward_features`` up to map ``max_index`` of one image, counted on the meta device."""
+    with torch.device("meta"):
+        model = create_backbone(name, num_classes=0).eval()
+        x = torch.empty(1, 3, height, width)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.forward_features(x, max_index)
+    return counter.get_total_flops() / 2
+
+
+def print_c4_savings(names: list[str], height: int, width: int) -> None:
+    print(f"C4 layout at {height}x{width}: forward_features MACs, every map vs up to map -2 (what the RPN reads)")
+    print(f"{'model':<24} {'all maps GMAC':>14} {'up to -2 GMAC':>14} {'saved':>8} {'ratio all/-2':>13}")
+    for name in names:
+        full, bounded = (feature_macs(name, height, width, i) / 1e9 for i in (None, -2))
+        print(f"{name:<24} {full:>14.2f} {bounded:>14.2f} {1 - bounded / full:>7.1%} {full / bounded:>13.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS))
@@ -83,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true", help="NHWC activations and weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on the CPU")
+    parser.add_argument("--detection-size", type=int, nargs=2, default=(600, 1000), metavar=("H", "W"),
+                        help="image for the C4-layout multiply-add count")
+    parser.add_argument("--macs-only", action="store_true", help="print the multiply-add counts and stop")
     args = parser.parse_args(argv)
+    print_c4_savings(args.models, *args.detection_size)
+    if args.macs_only:
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

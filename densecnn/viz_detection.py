@@ -52,3 +52,29 @@ def detection_grid(images: Sequence[np.ndarray], detections: Sequence[dict], cla
                                 None if targets is None else targets[i]["boxes"].cpu(), min_size=cell)
                 for i, (image, d) in enumerate(zip(images, detections))]
     return image_grid(pictures, columns=columns, cell=cell)
+
+
+def precision_recall_picture(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "",
+                             max_curves: int = 10, size: tuple[float, float] = (6.0, 4.5)) -> np.ndarray:
+    """Precision against recall, one curve per class (``name -> (recall, precision)``, detections by
+    decreasing score, as ``VOCMeanAP.curves``), drawn with matplotlib; with more than ``max_curves`` classes,
+    the first ``max_curves`` of ``curves`` (pass them ordered, e.g. by number of objects). HxWx3 uint8."""
+    # the Agg canvas renders into memory: no display, no pyplot state shared with the user's notebook
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for index, (name, (recall, precision)) in enumerate(list(curves.items())[:max_curves]):
+        # a step curve: precision changes only where a detection is added (the curve the APs integrate)
+        axes.step(np.concatenate([[0.0], recall]), np.concatenate([[1.0], precision]), where="post",
+                  color=np.asarray(class_colour(index + 1)) / 255, label=str(name))
+    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.02),
+             title=title + (f" ({max_curves} of {len(curves)} classes)" if len(curves) > max_curves else ""))
+    axes.grid(alpha=0.3)
+    if curves:
+        axes.legend(loc="lower left", fontsize="small")
+    figure.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -3,20 +3,30 @@
 Sources ``create_backbone(weights=...)`` accepts:
   * a local path: a torchvision/timm state_dict (``.pth``/``.pt``/``.bin``), a ``.safetensors`` file, or a
     densecnn/Lightning ``.ckpt`` (the task's ``backbone.*`` weights are extracted);
-  * an ``http(s)://`` URL, fetched into torch.hub's cache;
+  * an ``http(s)://`` or ``file://`` URL, fetched into torch.hub's cache;
   * a named torchvision weight, ``torchvision:ResNet50_Weights.IMAGENET1K_V2``, fetched the same way
     (set ``TORCH_HOME`` to point at a pre-filled cache on a machine without network access).
+
+Downloads are checked against the SHA256 their source publishes: torchvision's (and torch.hub's) file names
+end in ``-<first hex digits of the SHA256>.pth``, e.g. ``resnet50-11ad3fa6.pth``. torch.hub checks that only
+while it downloads (``check_hash=True``); a file already in the cache (a pre-filled ``TORCH_HOME``) is
+checked here too, so a corrupt or substituted file is an error naming it, never a silent load.
+Files are read with ``torch.load(..., weights_only=True)`` (torch >= 2.6's default) or safetensors.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import warnings
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
+
+from .errors import UserError
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -24,7 +34,7 @@ TORCHVISION_PREFIX = "torchvision:"
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weights file that cannot be used: unreadable, unsafe, or for another architecture."""
 
 
@@ -34,7 +44,7 @@ def read_state_dict(source: str | os.PathLike, *, whole_task: bool = False) -> d
     source = str(source)
     if source.startswith(TORCHVISION_PREFIX):
         raw = _download(_torchvision_weight_url(source[len(TORCHVISION_PREFIX):]), source)
-    elif source.startswith(("http://", "https://")):
+    elif source.startswith(("http://", "https://", "file://")):
         raw = _download(source, source)
     else:
         raw = _read_file(Path(source))
@@ -51,15 +61,47 @@ def _torchvision_weight_url(name: str) -> str:
                            f"'ResNet50_Weights.IMAGENET1K_V2' ({err})") from err
 
 
+def published_hash_prefix(filename: str) -> str | None:
+    """The SHA256 prefix a torch.hub-style file name publishes (``resnet50-11ad3fa6.pth`` -> ``11ad3fa6``), found
+    with torch.hub's own pattern; at least 8 hex digits, so a name like ``model-v2.pth`` or ``net-abc.pth``
+    claims none."""
+    match = torch.hub.HASH_REGEX.search(filename)
+    return match.group(1) if match and len(match.group(1)) >= 8 else None
+
+
+def check_file_hash(path: Path, prefix: str, label: str) -> None:
+    """``path``'s SHA256 must start with ``prefix`` (the one its name publishes)."""
+    sha256 = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha256.update(block)
+    digest = sha256.hexdigest()
+    if not digest.startswith(prefix):
+        raise WeightsError(f"{label}: {path} is corrupt or not the published file: its name says its SHA256 starts "
+                           f"with {prefix}, but it is {digest}. Delete it and download it again.")
+
+
 def _download(url: str, label: str):
+    filename = os.path.basename(urlparse(url).path)
+    prefix = published_hash_prefix(filename)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if prefix and cached.is_file():  # torch.hub checks only what it downloads itself
+        check_file_hash(cached, prefix, label)
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, progress=False)
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, progress=False,
+                                                  check_hash=prefix is not None)
     except pickle.UnpicklingError as err:
         raise WeightsError(_unsafe_message(label, err)) from err
     except OSError as err:
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise WeightsError(f"{label}: could not fetch {url} ({err}). Without network access, place the file "
                            f"in {cache} (torch.hub's cache; set TORCH_HOME to move it).") from err
+    except RuntimeError as err:
+        if "invalid hash value" in str(err):
+            raise WeightsError(f"{label}: the download of {filename} from {url} is corrupt or not the published "
+                               f"file: its name says its SHA256 starts with {prefix} ({err}); nothing was "
+                               f"saved.") from err
+        raise WeightsError(f"{cached}: not a readable PyTorch weights file ({err})") from err
 
 
 def _read_file(path: Path):

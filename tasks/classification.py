@@ -23,11 +23,15 @@ from .base import BaseTask
 TTA = ("none", "ten_crop", "multi_scale")
 
 
-def split_aux_outputs(output: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Models with auxiliary classifiers (GoogLeNet) return ``(logits, aux1, aux2, ...)`` in training."""
-    if isinstance(output, (tuple, list)):
-        return output[0], list(output[1:])
-    return output, []
+def logits_and_aux(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The logits and the auxiliary classifiers' logits. ``forward`` returns only the logits for every backbone;
+    one with auxiliary classifiers (GoogLeNet) says so with ``forward_with_aux(x) -> (logits, [aux, ...])``,
+    which gives them in training mode (an empty list in eval mode)."""
+    forward_with_aux = getattr(model, "forward_with_aux", None)
+    if callable(forward_with_aux):
+        logits, aux = forward_with_aux(images)
+        return logits, list(aux)
+    return model(images), []
 
 
 class ClassificationTask(BaseTask):
@@ -57,7 +61,9 @@ class ClassificationTask(BaseTask):
             num_classes: number of classes; must agree with the data's class folders.
             class_names: filled from the data at fit time and stored in the checkpoint.
             label_smoothing: cross-entropy label smoothing.
-            aux_loss_weight: weight of auxiliary classifiers' losses in training (GoogLeNet uses 0.3).
+            aux_loss_weight: weight of each auxiliary classifier's loss in training, for backbones that have
+                them (GoogLeNet's two, Szegedy et al. 2014 Section 5: 0.3); the loss is
+                CE(logits) + aux_loss_weight * (CE(aux1) + CE(aux2)).
             tta: test/predict-time augmentation: ``ten_crop`` averages the softmax over the four corner and
                 centre crops of ``tta_crop_size`` and their mirror images (AlexNet, S1 L126-161);
                 ``multi_scale`` averages it over the image resized to each shorter side in ``tta_scales``
@@ -128,7 +134,7 @@ class ClassificationTask(BaseTask):
         if h.tta == "ten_crop":
             size = h.tta_crop_size or int(min(images.shape[-2:]) * 224 / 256)
             crops = torch.cat(TF.ten_crop(images, [size, size]))  # (10 N, C, size, size), one forward pass
-            probs = split_aux_outputs(self.backbone(crops))[0].softmax(dim=1)
+            probs = self.backbone(crops).softmax(dim=1)
             return probs.view(10, len(images), -1).mean(dim=0)
         if h.tta == "multi_scale":
             height, width = images.shape[-2:]
@@ -137,9 +143,9 @@ class ClassificationTask(BaseTask):
                 factor = scale / min(height, width)
                 resized = F.interpolate(images, size=(round(height * factor), round(width * factor)),
                                         mode="bilinear", align_corners=False, antialias=True)
-                total = total + split_aux_outputs(self.backbone(resized))[0].softmax(dim=1)
+                total = total + self.backbone(resized).softmax(dim=1)
             return total / len(h.tta_scales)
-        return split_aux_outputs(self.backbone(images))[0].softmax(dim=1)
+        return self.backbone(images).softmax(dim=1)
 
     def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch["image"], batch["label"]
@@ -149,7 +155,7 @@ class ClassificationTask(BaseTask):
         targets = labels
         if stage == "train":
             images, targets = self.mix_batch(images, labels)
-        logits, aux = split_aux_outputs(self.backbone(images))
+        logits, aux = logits_and_aux(self.backbone, images) if stage == "train" else (self.backbone(images), [])
         loss = self.criterion(logits, targets)
         if aux and stage == "train":
             loss = loss + self.hparams.aux_loss_weight * sum(self.criterion(a, targets) for a in aux)

@@ -15,6 +15,15 @@
 
 Detection, dense-prediction and video heads consume only this contract, so any registered backbone
 works with any task.
+
+Export: every registered backbone exports with ``torch.export.export(model.eval(), (x,))`` and to ONNX with
+``torch.onnx.export(model.eval(), (x,), dynamo=True)`` (the exporter built on torch.export; onnxruntime
+runs the result), both checked against eager outputs in ``tests/backbones/test_export.py``. TorchScript
+(``torch.jit.script``) is not supported: the modules use postponed annotations (``from __future__ import
+annotations``) and ``X | None`` types, which the TorchScript compiler cannot read, and PyTorch has
+deprecated TorchScript in favour of torch.export. ``torch.jit.trace`` is not tested either; the legacy ONNX
+exporter (``dynamo=False``, built on it) fails on ``AdaptiveAvgPool2d`` with output sizes that do not divide
+the input (AlexNet/VGG/ZF-Net's 6x6/7x7 pools at other input sizes).
 """
 from __future__ import annotations
 
@@ -24,6 +33,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
+
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,9 @@ class Backbone(nn.Module, ABC):
     classifier_name: str = "fc"
 
     @abstractmethod
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The multi-scale feature maps, shallow to deep, one per ``feature_info`` entry."""
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
+        """The multi-scale feature maps, shallow to deep, one per ``feature_info`` entry: all of them, or maps
+        ``0..max_index`` only (negative counts from the deepest), computing no layer past map ``max_index``."""
 
     @abstractmethod
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,9 +76,24 @@ class Backbone(nn.Module, ABC):
 
     def feature_maps(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
         """The maps at ``indices`` of ``feature_info`` (negative indices count from the deepest), in that
-        order. What consumers that read only some maps (the detectors) call."""
-        maps = self.forward_features(x)
-        return [maps[i] for i in indices]
+        order, computing nothing past the deepest of them. What consumers that read only some maps (the
+        detectors) call: Faster R-CNN's C4 layout reads conv4_x, so conv5_x does not run on the whole image."""
+        if not len(indices):
+            raise UserError(f"{type(self).__name__}.feature_maps: no feature map index given")
+        resolved = [self.feature_index(i) for i in indices]
+        maps = self.forward_features(x, max(resolved))
+        return [maps[i] for i in resolved]
+
+    def feature_index(self, index: int | None) -> int:
+        """``index`` of ``feature_info`` as a non-negative position (``None``: the deepest map); one outside
+        the backbone's maps is an error naming how many there are, never a silent wrap-around."""
+        n = len(self.feature_info)
+        if index is None:
+            return n - 1
+        if not -n <= index < n:
+            raise UserError(f"{type(self).__name__} has {n} feature maps (indices 0..{n - 1}, or -{n}..-1 from "
+                            f"the deepest); index {index} is not one of them")
+        return index % n
 
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)

@@ -23,6 +23,7 @@ returns them (or fc7's).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence
 
 import torch
@@ -45,7 +46,9 @@ def conv_output_size_ceil(size: int, kernel: int, stride: int) -> int:
 
 
 class C3D(Backbone):
-    """Tran et al.'s C3D; layer names follow the paper (conv1a ... conv5b, fc6, fc7, fc8)."""
+    """Tran et al.'s C3D; layers are named as in the paper's Fig. 3: ``stage<k>`` (one feature map per pool)
+    holds ``conv<k>a`` (and ``conv<k>b``), each followed by ``relu<k>a``/``relu<k>b`` (``bn<k>a`` before it with
+    ``batch_norm``), then ``pool<k>``; e.g. ``stage3.conv3b``, ``stage5.pool5``; then ``fc6``, ``fc7``, ``fc8``."""
 
     classifier_name = "fc8"
 
@@ -67,20 +70,21 @@ class C3D(Backbone):
         self.stage_names: list[str] = []
         index, reduction, previous = 0, 1, channels
         for stage, names in enumerate(C3D_STAGES, start=1):
-            layers: list[nn.Module] = []
-            for name in names:
-                layers.append(nn.Conv3d(previous, widths[index], 3, padding=1, bias=not batch_norm))
+            layers: dict[str, nn.Module] = {}
+            for name in names:  # conv3a, conv3b, ...: the paper's names (Fig. 3)
+                suffix = name[len("conv"):]
+                layers[name] = nn.Conv3d(previous, widths[index], 3, padding=1, bias=not batch_norm)
                 if batch_norm:
-                    layers.append(nn.BatchNorm3d(widths[index]))
-                layers.append(nn.ReLU(inplace=True))
+                    layers[f"bn{suffix}"] = nn.BatchNorm3d(widths[index])
+                layers[f"relu{suffix}"] = nn.ReLU(inplace=True)
                 previous, index = widths[index], index + 1
             # pool1 is 1x2x2 (Section 3.2: keep the temporal signal through the first layer), others 2x2x2
             kernel = (1, 2, 2) if stage == 1 else (2, 2, 2)
-            layers.append(nn.MaxPool3d(kernel, kernel, ceil_mode=True))
+            layers[f"pool{stage}"] = nn.MaxPool3d(kernel, kernel, ceil_mode=True)
             frames = conv_output_size_ceil(frames, kernel[0], kernel[0])
             height, width = (conv_output_size_ceil(s, 2, 2) for s in (height, width))
             reduction *= 2  # spatial stride, timm's convention
-            setattr(self, f"stage{stage}", nn.Sequential(*layers))
+            setattr(self, f"stage{stage}", nn.Sequential(OrderedDict(layers)))
             self.stage_names.append(f"stage{stage}")
             self.feature_info.append(FeatureInfo(previous, reduction, f"stage{stage}"))
         self.pool5_shape = (previous, frames, height, width)
@@ -111,11 +115,11 @@ class C3D(Backbone):
     def stage_modules(self) -> list[list[str]]:
         return [[name] for name in self.stage_names]  # conv group + its pool; fc6/fc7 are the head
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
         if x.dim() != 5:
             raise ValueError(f"C3D expects clips (N, C, T, H, W), got a tensor of shape {tuple(x.shape)}")
         features = []
-        for name in self.stage_names:
+        for name in self.stage_names[:self.feature_index(max_index) + 1]:
             x = getattr(self, name)(x)
             features.append(x)
         return features

@@ -10,8 +10,18 @@ reductions and projections included, is followed by ReLU. Table 1 (output channe
     -> 5a 832, 5b 1024 -> 7x7 average pool -> dropout 40% -> linear
 
 Two auxiliary classifiers on 4a and 4d (5x5/3 average pool, 1x1 conv 128, FC 1024, dropout 70%, linear)
-are used only in training: there ``forward`` returns ``(logits, aux1, aux2)`` and ``ClassificationTask``
-adds 0.3 x their losses; in eval mode it returns the logits alone.
+are used only in training (Section 5: "their loss is added with weight 0.3 and they are discarded at
+inference"). ``forward`` returns the logits alone in every mode (the backbone contract: the per-frame video
+baseline, TTA and export call it); ``forward_with_aux(x)`` returns ``(logits, [aux1, aux2])`` in training
+(an empty list in eval mode or without the heads), and ``ClassificationTask`` calls it to add
+``aux_loss_weight`` (0.3) x each auxiliary cross-entropy to the loss.
+
+Local response normalisation (``googlenet`` only; twice in the stem): the paper gives no constants. We use
+BVLC's reference GoogLeNet (``bvlc_googlenet/train_val.prototxt``): ``local_size 5, alpha 1e-4, beta 0.75`` and
+Caffe's default ``k = 1``, with Caffe's formula b_i = a_i / (k + alpha/n * sum_j a_j^2)^beta -- exactly
+``nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1)``. This differs from AlexNet's (Section 3.3, ``paper_lrn``:
+k=2, n=5, alpha=1e-4, beta=0.75, with alpha applied to the sum, not divided by n): k is 1 instead of 2 and
+the effective per-sum alpha is 1e-4/5 = 2e-5 instead of 1e-4; n and beta are the same.
 
 Registered variants:
 
@@ -20,12 +30,20 @@ Registered variants:
 * ``googlenet_torchvision``: torchvision's ``googlenet`` key for key (``GoogLeNet(aux_logits=True)``), so
   its state_dicts load unchanged. It differs from the paper where torchvision does: every conv is
   conv (no bias) + batch norm (eps 1e-3) + ReLU, the "5x5" branch is a 3x3 conv, no LRN, the pool after 4e
-  is 2x2/2, the aux heads average to 4x4 adaptively, the final dropout is 0.2; ``transform_input`` (off by
-  default, as in ``torchvision.models.GoogLeNet``) re-normalises ImageNet-normalised input the way
-  torchvision's pretrained weights expect.
+  is 2x2/2, the aux heads average to 4x4 adaptively, the final dropout is 0.2. ``transform_input``
+  re-maps ImageNet-normalised input to the (x - 0.5) / 0.5 scale of the weights torchvision ported from
+  TensorFlow. As in ``torchvision.models.googlenet``'s builder it is on whenever weights are loaded
+  (``create_backbone(..., weights=...)``, any file or name ``load_weights`` reads) and off otherwise, unless
+  given explicitly: pass ``transform_input=False`` for weights of a network trained without it (a densecnn
+  checkpoint of a ``googlenet_torchvision`` trained from scratch). torchvision's ImageNet file holds
+  auxiliary heads that were never trained (its builder warns so); they load, and fine-tuning trains them.
 * ``bn_inception``: BN-Inception: batch norm before every ReLU, 5x5 convolutions replaced by two 3x3,
   three 28x28 modules with 3c and 4e reducing resolution by stride 2, average or max pooling inside the
   modules, no dropout (Section 4.2.1 removes it). The paper's depthwise-separable first conv is a plain 7x7.
+  The module widths are the sums of Fig. 5's own branch columns (``BN_INCEPTION``): 4c and 4d give 160 + 160
+  + 160 + 128 = 96 + 192 + 192 + 128 = 608 channels and 4e gives 192 + 256 + 608 (pass-through) = 1056,
+  where the figure's output-size column says 576 and 1024; the columns win (as in the Caffe/Torch
+  ports of the network), and 5a brings the width back to 1024.
 """
 from __future__ import annotations
 
@@ -38,9 +56,15 @@ from torch import nn
 
 from ..layers.init import init_xavier
 from ..weights import WeightsError
-from .alexnet import paper_lrn
 from .base import Backbone, FeatureInfo, linear_or_identity
 from .registry import register_backbone
+
+
+def bvlc_lrn() -> nn.LocalResponseNorm:
+    """BVLC GoogLeNet's LRN (local_size 5, alpha 1e-4, beta 0.75, Caffe's default k=1; the paper gives none).
+    Caffe divides alpha by local_size, as ``nn.LocalResponseNorm`` does, so the constants carry over as they
+    are written in the prototxt (see the module docstring for how they differ from AlexNet's)."""
+    return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
 
 
 class BasicConv2d(nn.Module):
@@ -102,6 +126,18 @@ class InceptionAux(nn.Module):
         return self.fc2(x)
 
 
+def run_stages(model: nn.Module, stages: tuple[tuple[str, ...], ...], x: torch.Tensor, last: int
+               ) -> list[torch.Tensor]:
+    """Run the layers named in ``stages`` one after another, keeping each stage's output, up to stage ``last``
+    (the Inception networks' feature path is such a chain)."""
+    features = []
+    for stage in stages[:last + 1]:
+        for name in stage:
+            x = getattr(model, name)(x)
+        features.append(x)
+    return features
+
+
 # Table 1: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj)
 INCEPTION_V1 = {
     "3a": (64, 96, 128, 16, 32, 32), "3b": (128, 128, 192, 32, 96, 64),
@@ -117,22 +153,25 @@ class GoogLeNet(Backbone):
     5b (1024, /32)."""
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = True,
-                 torchvision_layout: bool = False, transform_input: bool = False, dropout: float | None = None,
+                 torchvision_layout: bool = False, transform_input: bool | None = None, dropout: float | None = None,
                  dropout_aux: float = 0.7, init_weights: bool = True):
         super().__init__()
         tv = torchvision_layout
         if transform_input and (not tv or in_chans != 3):
             raise ValueError("transform_input is torchvision's RGB re-normalisation: googlenet_torchvision only")
         conv: ConvBlock = (lambda *a, **k: BasicConv2d(*a, bn=True, **k)) if tv else BasicConv2d
-        self.num_classes, self.transform_input, self.torchvision_layout = num_classes, transform_input, tv
+        self.num_classes, self.torchvision_layout = num_classes, tv
+        self.transform_input = bool(transform_input)
+        # None: torchvision's builder default, on as soon as weights are loaded (adapt_state_dict)
+        self.transform_input_follows_weights = transform_input is None and tv and in_chans == 3
         self.aux_logits = aux_logits and num_classes > 0
         # Caffe rounds pooled sizes up (112 -> 56 -> 28 -> 14 -> 7): ceil_mode.
         self.conv1 = conv(in_chans, 64, 7, stride=2, padding=3)
         self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.lrn1 = nn.Identity() if tv else paper_lrn()
+        self.lrn1 = nn.Identity() if tv else bvlc_lrn()
         self.conv2 = conv(64, 64, 1)
         self.conv3 = conv(64, 192, 3, padding=1)
-        self.lrn2 = nn.Identity() if tv else paper_lrn()
+        self.lrn2 = nn.Identity() if tv else bvlc_lrn()
         self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         channels = 192
         kernel5 = 3 if tv else 5
@@ -174,10 +213,13 @@ class GoogLeNet(Backbone):
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Called by ``densecnn.load_weights``: the auxiliary classifiers are classifiers too. Without them
         (``aux_logits=False`` or ``num_classes=0``) their weights are ignored, as torchvision does; with them,
-        their last layer is dropped with a message when it was trained for another number of classes."""
+        their last layer is dropped with a message when it was trained for another number of classes.
+        Loading weights turns ``transform_input`` on unless it was given (torchvision's builder rule)."""
         if not self.torchvision_layout and "conv1.bn.weight" in state_dict:
             raise WeightsError("these are torchvision's GoogLeNet weights (batch-norm convolutions): build "
                                "'googlenet_torchvision' to load them; 'googlenet' is the paper's network")
+        if self.transform_input_follows_weights:
+            self.transform_input = True
         if self.aux1 is None:
             return {k: v for k, v in state_dict.items() if not k.startswith(("aux1.", "aux2."))}
         own = self.state_dict()
@@ -193,8 +235,9 @@ class GoogLeNet(Backbone):
         if not self.transform_input:
             return x
         # torchvision: from ImageNet mean/std normalisation to (x - 0.5) / 0.5
-        scale = torch.tensor([0.229, 0.224, 0.225], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) / 0.5
-        shift = (torch.tensor([0.485, 0.456, 0.406], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) - 0.5) / 0.5
+        shape = (1, 3, *[1] * (x.dim() - 2))  # images, or inflated clips (N, C, T, H, W)
+        scale = torch.tensor([0.229, 0.224, 0.225], device=x.device, dtype=x.dtype).view(shape) / 0.5
+        shift = (torch.tensor([0.485, 0.456, 0.406], device=x.device, dtype=x.dtype).view(shape) - 0.5) / 0.5
         return x * scale + shift
 
     def _forward(self, x: torch.Tensor, with_aux: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -228,16 +271,21 @@ class GoogLeNet(Backbone):
     def stage_modules(self) -> list[list[str]]:
         return [list(stage) for stage in self.STAGES]
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self._forward(x, with_aux=False)[0]
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
+        # STAGES is the order _forward runs the layers in, so chaining it gives _forward's maps without the
+        # auxiliary heads, and can stop after any map
+        return run_stages(self, self.STAGES, self._transform_input(x), self.feature_index(max_index))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The logits and the auxiliary classifiers' logits (aux1 on 4a, aux2 on 4d) in training; the list is
+        empty in eval mode, where the paper discards them, and without the heads."""
         features, aux = self._forward(x, with_aux=self.training and self.aux_logits)
-        logits = self.forward_head(features[-1])
-        return (logits, *aux) if aux else logits
+        return self.forward_head(features[-1]), aux
+
+    # ``forward`` is Backbone's: the logits alone, in training as in eval, without running the auxiliary heads
 
 
 @register_backbone("googlenet", paper="Szegedy et al. 2014, Table 1 (Inception v1, aux classifiers)")
@@ -323,14 +371,8 @@ class BNInception(Backbone):
     def stage_modules(self) -> list[list[str]]:
         return [list(stage) for stage in self.STAGES]
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        c1 = self.conv1(x)
-        c3 = self.conv3(self.conv2(self.maxpool1(c1)))
-        i3 = self.inception3b(self.inception3a(self.maxpool2(c3)))
-        x = self.inception3c(i3)
-        i4 = self.inception4d(self.inception4c(self.inception4b(self.inception4a(x))))
-        i5 = self.inception5b(self.inception5a(self.inception4e(i4)))
-        return [c1, c3, i3, i4, i5]
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
+        return run_stages(self, self.STAGES, x, self.feature_index(max_index))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))

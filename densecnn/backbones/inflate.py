@@ -7,6 +7,12 @@ so an ImageNet checkpoint is a sound starting point for video ("boring-video fix
 pooling and the classifier keep their parameters; pools become 1 x k x k (no temporal downsampling), so
 ``feature_info`` (channels and spatial stride) is the 2D network's.
 
+``inflate`` recurses into every container, whatever its name (GoogLeNet's ``BasicConv2d``, Inception
+modules, Jarrett's stages), down to the layers. Layers with nothing to inflate that only work on images
+(Jarrett's local contrast normalization, stochastic pooling, GoogLeNet's training-only auxiliary
+classifiers) run on each frame (``PerFrame``), keeping their parameter names; a leaf 2D layer with no 3D
+counterpart is refused with its path.
+
 Temporal padding replicates the first and last frame instead of adding zeros: with zero padding the fixed
 point would hold only in the middle of the clip, and the global average over time would no longer equal the
 2D output. Spatial padding stays zeros, as in the 2D network.
@@ -39,7 +45,7 @@ class InflatedConv3d(nn.Conv3d):
 
     def __init__(self, conv: nn.Conv2d, time_kernel: int):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"inflate: {conv} uses padding {conv.padding!r}/{conv.padding_mode!r}; only integer "
+            raise ValueError(f"{conv} uses padding {conv.padding!r}/{conv.padding_mode!r}; only integer "
                              f"zero padding is supported")
         super().__init__(conv.in_channels, conv.out_channels, (time_kernel, *conv.kernel_size),
                          stride=(1, *conv.stride), padding=(0, *conv.padding), dilation=(1, *conv.dilation),
@@ -77,7 +83,7 @@ def _time_kernel(conv: nn.Conv2d, policy: TimeKernel) -> int:
     if policy == "spatial":
         return kh  # I3D: k x k -> k x k x k
     if not isinstance(policy, int) or policy < 1:
-        raise ValueError(f"inflate: time_kernel must be a positive int or 'spatial', got {policy!r}")
+        raise ValueError(f"time_kernel must be a positive int or 'spatial', got {policy!r}")
     return policy
 
 
@@ -106,9 +112,53 @@ def _inflate_module(module: nn.Module, policy: TimeKernel) -> nn.Module | None:
         shortcut = ZeroPadShortcut3d.__new__(ZeroPadShortcut3d)
         shortcut.__dict__.update(module.__dict__)
         return shortcut
+    if isinstance(module, nn.Dropout2d):  # drops whole channels: of every frame alike
+        return nn.Dropout3d(module.p, module.inplace)
+    if isinstance(module, _per_frame_types()) and not isinstance(module, PerFrame):
+        return per_frame(module)
+    if next(module.children(), None) is not None:
+        return None  # a container (BasicConv2d, an Inception module, a Jarrett stage): inflate its layers
     if "2d" in type(module).__name__.lower():
-        raise ValueError(f"inflate: do not know how to inflate {type(module).__name__} ({module})")
+        raise ValueError(f"{type(module).__name__} ({module}) is a 2D layer with no 3D counterpart here")
     return None
+
+
+def _per_frame_types() -> tuple[type, ...]:
+    """Layers whose 3D counterpart is the 2D layer on each frame: they work on one image (functional 2D ops,
+    4D-only checks) and have no kernel to inflate. A spatial window on each frame is what inflation makes of
+    every pooling window (1 x k x k); Jarrett's contrast normalization then normalises each frame as the 2D
+    network normalises an image; GoogLeNet's auxiliary classifiers (training only) average their per-frame
+    logits over time, as ``FrameAveraged`` does."""
+    from ..layers import LocalContrastNorm, StochasticPool2d
+    from .googlenet import InceptionAux
+
+    return LocalContrastNorm, StochasticPool2d, InceptionAux
+
+
+class PerFrame:
+    """Mixin: run the layer on every frame of (N, C, T, H, W) clips; maps come back stacked on time, vectors
+    (a classifier's logits) are averaged over it. The layer keeps its class's parameters and names, so its
+    state_dict keys (and 2D weights) are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            return super().forward(x)
+        n, c, t, h, w = x.shape
+        out = super().forward(x.transpose(1, 2).reshape(n * t, c, h, w))
+        out = out.reshape(n, t, *out.shape[1:])
+        return out.transpose(1, 2) if out.dim() == 5 else out.mean(dim=1)
+
+
+_PER_FRAME_CLASSES: dict[type, type] = {}
+
+
+def per_frame(module: nn.Module) -> nn.Module:
+    """``module``, in place, as a ``PerFrame<Class>`` (its 2D layers stay 2D)."""
+    cls = type(module)
+    if cls not in _PER_FRAME_CLASSES:
+        _PER_FRAME_CLASSES[cls] = type(f"PerFrame{cls.__name__}", (PerFrame, cls), {"__module__": __name__})
+    module.__class__ = _PER_FRAME_CLASSES[cls]
+    return module
 
 
 def _pair(value) -> tuple[int, int]:
@@ -143,7 +193,10 @@ def inflate(model: nn.Module, time_kernel: TimeKernel = "spatial") -> nn.Module:
     """
     if isinstance(model, Inflated):
         raise ValueError(f"inflate: {type(model).__name__} is already inflated")
-    inflate_children(model, time_kernel)
+    try:
+        inflate_children(model, time_kernel)
+    except ValueError as err:  # name the network, so a refusal says which family cannot be inflated
+        raise ValueError(f"inflate: {type(model).__name__} cannot be inflated: {err}") from err
     cls = type(model)
     if cls not in _INFLATED_CLASSES:
         _INFLATED_CLASSES[cls] = type(f"Inflated{cls.__name__}", (Inflated, cls), {"__module__": __name__})
@@ -153,13 +206,22 @@ def inflate(model: nn.Module, time_kernel: TimeKernel = "spatial") -> nn.Module:
 
 
 def inflate_children(module: nn.Module, time_kernel: TimeKernel) -> None:
-    """Replace every 2D layer below ``module`` by its inflated counterpart."""
+    """Replace every 2D layer below ``module`` by its inflated counterpart, recursing into containers (custom
+    blocks included, whatever their name) down to the layers themselves."""
     for name, child in list(module.named_children()):
-        replacement = _inflate_module(child, time_kernel)
+        try:
+            replacement = _inflate_module(child, time_kernel)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+        if replacement is child:  # converted in place (a per-frame layer): its own layers stay 2D
+            continue
         if replacement is not None:
             setattr(module, name, replacement)
         else:
-            inflate_children(child, time_kernel)
+            try:
+                inflate_children(child, time_kernel)
+            except ValueError as err:
+                raise ValueError(f"{name}.{err}") from None
 
 
 def _build_inflated(base: str, time_kernel: TimeKernel, num_classes: int | None, kwargs: dict) -> nn.Module:
@@ -168,15 +230,21 @@ def _build_inflated(base: str, time_kernel: TimeKernel, num_classes: int | None,
         raise ValueError(f"inflate: {base!r} is not a 2D image backbone (input size {entry.input_size})")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    return inflate(entry.builder(**kwargs), time_kernel)
+    try:
+        return inflate(entry.builder(**kwargs), time_kernel)
+    except ValueError as err:
+        raise ValueError(f"inflated base={base!r}: {err}") from err
 
 
 @register_backbone("inflated", paper="Carreira & Zisserman 2017 (I3D), Section 2.4: any 2D backbone, `base=`",
                    input_size=(3, 16, 224, 224), default_num_classes=1000)
 def inflated(base: str = "resnet18", time_kernel: TimeKernel = "spatial", num_classes: int | None = None,
              **kwargs) -> nn.Module:
-    """``create_backbone("inflated", base="cifar_resnet20")``: inflate any registered 2D backbone whose
-    layers inflate (ResNets of every kind, plain or with shortcuts A/B/C)."""
+    """``create_backbone("inflated", base="googlenet")``: inflate any registered 2D backbone. Every family
+    inflates: ResNets of every kind (plain, shortcuts A/B/C), GoogLeNet (I3D's own base network) and
+    BN-Inception, VGG, AlexNet, ZF-Net, NiN, All-CNN, LeNet-5 and Jarrett's network (its contrast
+    normalization per frame). A network with a 2D layer that has no 3D counterpart is refused with the
+    family, the layer's path and its type."""
     return _build_inflated(base, time_kernel, num_classes, kwargs)
 
 
@@ -214,10 +282,12 @@ class FrameAveraged(Backbone):
         n, c, t, h, w = x.shape
         return x.transpose(1, 2).reshape(n * t, c, h, w), t
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-frame feature maps, stacked back into (N, C, T, h, w)."""
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
+        """Per-frame feature maps (up to ``max_index``: the 2D model stops there too), stacked back into
+        (N, C, T, h, w)."""
         frames, t = self._frames(x)
-        return [f.reshape(-1, t, *f.shape[1:]).transpose(1, 2) for f in self.model.forward_features(frames)]
+        maps = self.model.forward_features(frames, self.feature_index(max_index))
+        return [f.reshape(-1, t, *f.shape[1:]).transpose(1, 2) for f in maps]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         n, c, t, h, w = x.shape

@@ -14,6 +14,11 @@ two stages, then multinomial logistic regression (a linear layer + softmax).
 logistic regression on the 256x4x4 = 4096 features. The paper's second stage connects each output map to
 a random 16 of the 64 input maps; here every map sees all of them. The protocol "R" (random filters kept
 fixed) is ``freeze_backbone: true`` in ``ClassificationTask``.
+
+The filter bank has a trainable bias the paper does not: ``FilterBankCSG.conv`` is an ``nn.Conv2d`` with
+its default ``bias=True``, so a map is y_j = g_j tanh(sum_i k_ij * x_i + b_j) (64 + 256 extra parameters in
+``jarrett``), where the paper writes y_j = g_j tanh(sum_i k_ij * x_i). Under protocol "R" the biases are
+random and frozen with the filters. The gains g_j start at 1.
 """
 from __future__ import annotations
 
@@ -39,7 +44,8 @@ class FilterBankCSG(nn.Module):
         self.gain = nn.Parameter(torch.ones(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gain.view(1, -1, 1, 1) * torch.tanh(self.conv(x))
+        y = torch.tanh(self.conv(x))
+        return self.gain.view(1, -1, *[1] * (y.dim() - 2)) * y  # per map, on images or inflated clips
 
 
 class AbsRectification(nn.Module):
@@ -91,9 +97,9 @@ class JarrettNet(Backbone):
     def stage_modules(self) -> list[list[str]]:
         return [["stage1"]] + ([["stage2"]] if self.stage2 is not None else [])
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
         features = [self.stage1(x)]
-        if self.stage2 is not None:
+        if self.stage2 is not None and self.feature_index(max_index) == 1:
             features.append(self.stage2(features[-1]))
         return features
 

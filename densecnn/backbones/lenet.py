@@ -1,9 +1,17 @@
 """LeNet-5 (LeCun et al. 1998; S2 L440-477 in shared/seeds).
 
 INPUT 32x32 -> C1 6@28x28 -> S2 6@14x14 -> C3 16@10x10 -> S4 16@5x5 -> C5 120 -> F6 84 -> OUTPUT,
-in the slides' order CONV-POOL-TANH. Two simplifications, as every modern port makes: C3 connects to all
-six S2 maps (the paper's sparse connection table is not used), and the output is a linear layer rather
-than the paper's Gaussian (RBF) connections.
+in the slides' order CONV-POOL-TANH. Simplifications against LeCun et al. 1998, as every modern port makes:
+
+* C3 connects to all six S2 maps (the paper's sparse connection table, Table I, is not used).
+* S2 and S4 are plain 2x2/2 averages (``nn.AvgPool2d``, no parameters). In the paper each subsampling map
+  adds its four inputs, multiplies the sum by a trainable coefficient and adds a trainable bias before the
+  squashing (12 and 32 parameters); here the tanh sees the bare average.
+* The squashing function is ``torch.tanh(a)``, after S2, S4, C5 and F6; the paper's is the scaled
+  1.7159 tanh(2a/3) (Appendix A), chosen so that f(+-1) = +-1.
+* The output is a linear layer rather than the paper's Gaussian (RBF) connections, trained with
+  cross-entropy rather than the paper's MAP criterion.
+* Weights start from PyTorch's default initialisation, not the paper's U(-2.4/F_in, 2.4/F_in).
 """
 from __future__ import annotations
 
@@ -30,11 +38,14 @@ class LeNet5(Backbone):
         self.output = linear_or_identity(84, num_classes)
         self.feature_info = [FeatureInfo(6, 2, "s2"), FeatureInfo(16, 4, "s4"), FeatureInfo(120, 4, "c5")]
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        s2 = torch.tanh(self.s2(self.c1(x)))
-        s4 = torch.tanh(self.s4(self.c3(s2)))
-        c5 = torch.tanh(self.c5(s4))
-        return [s2, s4, c5]
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
+        last = self.feature_index(max_index)
+        features = [torch.tanh(self.s2(self.c1(x)))]
+        if last >= 1:
+            features.append(torch.tanh(self.s4(self.c3(features[-1]))))
+        if last >= 2:
+            features.append(torch.tanh(self.c5(features[-1])))
+        return features
 
     def stage_modules(self) -> list[list[str]]:
         return [["c1", "s2"], ["c3", "s4"], ["c5"]]  # F6 and the output layer are the head
@@ -46,7 +57,7 @@ class LeNet5(Backbone):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         # C5 is 1x1 on a 32x32 input; average any larger map so other input sizes still classify.
-        x = torch.flatten(x.mean(dim=(2, 3)), 1)
+        x = torch.flatten(x, 2).mean(dim=2)  # (every position: time too when inflated)
         return self.output(torch.tanh(self.f6(x)))
 
 

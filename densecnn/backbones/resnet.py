@@ -186,11 +186,14 @@ class ResNet(Backbone):
         first, *rest = self.stage_names
         return [["conv1", "bn1", "relu"], ["maxpool", first], *[[name] for name in rest]]
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
+        last = self.feature_index(max_index)
         x = self.relu(self.bn1(self.conv1(x)))
         features = [x]
+        if last == 0:
+            return features
         x = self.maxpool(x)
-        for name in self.stage_names:
+        for name in self.stage_names[:last]:
             x = getattr(self, name)(x)
             features.append(x)
         return features

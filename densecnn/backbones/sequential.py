@@ -25,8 +25,8 @@ class SequentialBackbone(Backbone):
         self.tap_indices = [index for index, _, _ in taps]
         self.feature_info = [FeatureInfo(chs, red, f"features.{index}") for index, chs, red in taps]
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out, last = [], self.tap_indices[-1]
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
+        out, last = [], self.tap_indices[self.feature_index(max_index)]
         for index, layer in enumerate(self.features):
             x = layer(x)
             if index in self.tap_indices:

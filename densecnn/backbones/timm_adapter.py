@@ -4,7 +4,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .base import Backbone, FeatureInfo, StagesUnavailable, check_stages, linear_or_identity
+
+
+# Keys of a timm pretrained config that make timm fetch and load weights itself (timm's _builder.load_pretrained)
+_WEIGHT_SOURCE_KEYS = ("file", "url", "hf_hub_id", "hf_hub_filename", "state_dict")
+
+
+def refuse_weight_sources(model_name: str, kwargs: dict) -> None:
+    """timm would read weights named in ``pretrained_cfg``/``pretrained_cfg_overlay`` with its own loader, past
+    densecnn's checks: refuse them and point at ``weights:``."""
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay"):
+        cfg = kwargs.get(key)
+        if cfg is None or isinstance(cfg, str):  # a string names one of timm's own configurations (a tag)
+            continue
+        cfg = cfg if isinstance(cfg, dict) else getattr(cfg, "__dict__", {})
+        sources = [k for k in _WEIGHT_SOURCE_KEYS if cfg.get(k)]
+        if sources:
+            raise ConfigError(f"timm:{model_name}: backbone_kwargs.{key} sets {', '.join(sources)}: timm would "
+                              f"load that file itself, unchecked. Give the file or URL as the model's "
+                              f"'weights:' (create_backbone(weights=...)) instead.")
 
 
 class TimmBackbone(Backbone):
@@ -12,7 +32,10 @@ class TimmBackbone(Backbone):
 
     ``pretrained=True`` asks timm for its own weights (network access needed); a local timm checkpoint can
     be given to ``create_backbone(weights=...)`` instead: its keys are mapped onto ``body`` by
-    ``adapt_state_dict`` and timm's own classifier is left out.
+    ``adapt_state_dict`` and timm's own classifier is left out. timm's ``checkpoint_path`` argument is
+    read the same way (``densecnn.load_weights``: never unpickled, classifier dropped with a message when its
+    class count differs); a ``pretrained_cfg``/``pretrained_cfg_overlay`` that points timm at a file or URL
+    is refused, since timm would load it itself: give that file as ``weights:`` instead.
     """
 
     classifier_name = "head"
@@ -22,6 +45,8 @@ class TimmBackbone(Backbone):
         super().__init__()
         import timm
 
+        checkpoint_path = kwargs.pop("checkpoint_path", None)
+        refuse_weight_sources(model_name, kwargs)
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
         try:
@@ -36,6 +61,10 @@ class TimmBackbone(Backbone):
         self.num_features = self.feature_info[-1].num_chs
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = linear_or_identity(self.num_features, num_classes)
+        if checkpoint_path:
+            from ..weights import load_weights
+
+            load_weights(self, checkpoint_path)
 
     def _body_path(self, module: str) -> str:
         """Where timm's ``feature_info`` module (a path in the full model) lives in ``body``: unchanged
@@ -89,8 +118,27 @@ class TimmBackbone(Backbone):
         starts = [0] + [tap + 1 for tap in taps[:-1]]
         return [[f"body.{name}" for name in names[start:tap + 1]] for start, tap in zip(starts, taps)]
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.body(x))
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
+        """timm's maps. A ``FeatureListNet`` body (most CNNs: ResNet, ConvNeXt, RegNet, ...) is a chain of
+        modules, run here one after another and stopped after the module producing map ``max_index``. The
+        other bodies (EfficientNet/MobileNet feature classes, FeatureGetterNet for ViTs, FeatureHookNet) and a
+        body with gradient checkpointing on compute every map, and the ones up to ``max_index`` are returned."""
+        from timm.models._features import FeatureListNet
+
+        last = self.feature_index(max_index)
+        if not isinstance(self.body, FeatureListNet) or self.body.grad_checkpointing:
+            return list(self.body(x))[:last + 1]
+        features: list[torch.Tensor] = []
+        for name, module in self.body.items():
+            x = module(x)
+            if name in self.body.return_layers:
+                # as timm's FeatureDictNet._collect: a tap that returns several tensors gives their
+                # concatenation (``concat``) or the first
+                features.append((torch.cat(x, 1) if self.body.concat else x[0]) if isinstance(x, (tuple, list))
+                                else x)
+                if len(features) > last:
+                    break
+        return features
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.pool(x), 1))

@@ -40,12 +40,12 @@ class TorchvisionVideoResNet(Backbone):
     def stage_modules(self) -> list[list[str]]:
         return [["stem"], *[[name] for name in _STAGES]]
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, max_index: int | None = None) -> list[torch.Tensor]:
         if x.dim() != 5:
             raise ValueError(f"{self.arch} expects clips (N, C, T, H, W), got a tensor of shape {tuple(x.shape)}")
         x = self.stem(x)
         features = [x]
-        for name in _STAGES:
+        for name in _STAGES[:self.feature_index(max_index)]:
             x = getattr(self, name)(x)
             features.append(x)
         return features

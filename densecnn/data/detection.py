@@ -4,9 +4,10 @@ a dataset yielding torchvision-style targets, region proposals (selective search
 Conventions (the same for every detector in ``tasks.detection``):
   * boxes are ``xyxy`` in pixels, continuous coordinates (a pixel ``i`` spans ``[i, i + 1)``);
   * labels are ``1..K`` for the K object classes, ``0`` is background (torchvision's convention);
-  * ``iscrowd`` marks objects that evaluation ignores: COCO crowd regions and VOC "difficult" objects
-    (VOC's protocol neither rewards nor penalises detections of them). Training data leaves them out,
-    as the Faster R-CNN reference code does.
+  * ``iscrowd`` marks COCO crowd regions (COCOeval matches any number of detections to one, with
+    IoU = intersection / detection area); ``difficult`` marks Pascal VOC "difficult" objects, which
+    evaluation ignores without being crowds (one detection of one counts neither way, COCOeval's ``ignore``
+    flag; VOC's protocol). Training data leaves both out, as the Faster R-CNN reference code does.
   * Every image is resized (longest side to ``image_size``, then padded at the bottom/right to a square),
     so a batch stacks; ``scale`` maps predictions back to the original image: ``original = boxes / scale``.
 
@@ -35,7 +36,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset
 
-from .image_folder import IMAGE_SUFFIXES, DataError, read_rgb
+from .image_folder import IMAGE_SUFFIXES, DataError, exif_orientation, read_rgb
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -57,9 +58,10 @@ class DetectionRecord:
     height: int
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # xyxy
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # 1..K
-    iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # 1 = ignored in evaluation
+    iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # 1 = a COCO crowd region
     ann_ids: list = field(default_factory=list)
     area: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float64))  # COCO area, else box area
+    difficult: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # 1 = VOC "difficult"
 
     @property
     def name(self) -> str:
@@ -109,10 +111,11 @@ class _BoxReport:
 
 
 def _as_arrays(record: DetectionRecord, boxes: list, labels: list, crowd: list, ann_ids: list,
-               area: list | None = None) -> None:
+               area: list | None = None, difficult: list | None = None) -> None:
     record.boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     record.labels = np.asarray(labels, np.int64)
     record.iscrowd = np.asarray(crowd, np.int64)
+    record.difficult = np.asarray(np.zeros(len(labels)) if difficult is None else difficult, np.int64).reshape(-1)
     record.ann_ids = list(ann_ids)
     box_area = (record.boxes[:, 2] - record.boxes[:, 0]) * (record.boxes[:, 3] - record.boxes[:, 1])
     # float64: float32 would move an area lying near a size-bucket boundary (32 ** 2, 96 ** 2)
@@ -202,7 +205,8 @@ def read_voc(root: str | os.PathLike, split: str, class_names: Sequence[str] = V
              ) -> list[DetectionRecord]:
     """Read ``root/ImageSets/Main/<split>.txt``, ``root/Annotations/<id>.xml`` and ``root/JPEGImages/<id>.*``
     (the layout of ``VOCdevkit/VOC2007``). VOC's 1-based pixel indices become continuous coordinates
-    ``(xmin - 1, ymin - 1, xmax, ymax)``; ``difficult`` objects are kept with ``iscrowd = 1``."""
+    ``(xmin - 1, ymin - 1, xmax, ymax)``; ``difficult`` objects are kept, flagged in ``difficult`` (they are
+    no crowd regions: ``iscrowd`` stays 0)."""
     root = Path(root)
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
@@ -234,7 +238,7 @@ def read_voc(root: str | os.PathLike, split: str, class_names: Sequence[str] = V
             if not path.is_file():
                 raise DataError(f"{xml_path}: image file {path} not found")
         record = DetectionRecord(index, str(path), width, height)
-        boxes, labels, crowd, obj_ids = [], [], [], []
+        boxes, labels, flags, obj_ids = [], [], [], []
         for obj_index, (cls, difficult, (x0, y0, x1, y1)) in enumerate(objects):
             if cls not in label_of:
                 raise DataError(f"{xml_path}: object {obj_index} has unknown class {cls!r} "
@@ -242,8 +246,8 @@ def read_voc(root: str | os.PathLike, split: str, class_names: Sequence[str] = V
             box = report.sanitize([x0 - 1, y0 - 1, x1, y1], width, height,
                                   f"image {name} annotation {obj_index}")
             if box is not None:
-                boxes.append(box), labels.append(label_of[cls]), crowd.append(difficult), obj_ids.append(obj_index)
-        _as_arrays(record, boxes, labels, crowd, obj_ids)
+                boxes.append(box), labels.append(label_of[cls]), flags.append(difficult), obj_ids.append(obj_index)
+        _as_arrays(record, boxes, labels, [0] * len(boxes), obj_ids, difficult=flags)
         records.append(record)
     report.warn()
     return records
@@ -341,7 +345,7 @@ def build_detection_pipeline(image_size: int, *, train: bool, mean: Sequence[flo
 
 
 class DetectionDataset(Dataset):
-    """Samples ``{"image", "target": {"boxes", "labels", "iscrowd", "area"}, "image_id", "path", "scale",
+    """Samples ``{"image", "target": {"boxes", "labels", "iscrowd", "difficult", "area"}, "image_id", "path", "scale",
     "orig_size", "image_size"[, "proposals"]}`` from records, through a bbox-aware albumentations pipeline.
     ``image_size`` is ``(height, width)`` of the part of the network input that is image, not padding: the
     detectors clip boxes to it and the RPN proposes only inside it (torchvision's ``image_sizes``).
@@ -349,7 +353,7 @@ class DetectionDataset(Dataset):
     Args:
         records: from ``read_coco``/``read_voc``/``image_records``.
         transform: a ``build_detection_pipeline`` (``pascal_voc`` format); it must resize to a fixed square.
-        keep_ignored: keep crowd/difficult objects (evaluation) or leave them out (training).
+        keep_ignored: keep crowd and difficult objects (evaluation) or leave them out (training).
         proposals: region proposals per record key (original coordinates); they go through the same
             geometric transform as the objects.
         proposal_key: key proposals by COCO image ``id`` or by image ``name`` (VOC).
@@ -380,11 +384,11 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         image = read_rgb(record.path)
-        if image.shape[:2] != (record.height, record.width):
-            raise DataError(f"{record.path}: image is {image.shape[1]}x{image.shape[0]} but its annotation says "
-                            f"{record.width}x{record.height}")
-        keep = np.ones(len(record.labels), bool) if self.keep_ignored else record.iscrowd == 0
-        boxes, labels, crowd = record.boxes[keep], record.labels[keep], record.iscrowd[keep]
+        check_image_size(record, image)
+        difficult = record.difficult if len(record.difficult) == len(record.labels) else \
+            np.zeros(len(record.labels), np.int64)  # records built by hand without the flag
+        keep = np.ones(len(record.labels), bool) if self.keep_ignored else (record.iscrowd == 0) & (difficult == 0)
+        boxes, labels, crowd, difficult = record.boxes[keep], record.labels[keep], record.iscrowd[keep], difficult[keep]
         area = record.area[keep] if len(record.area) == len(record.labels) else \
             (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # records built by hand without area
         if self.proposals is not None:
@@ -392,21 +396,24 @@ class DetectionDataset(Dataset):
             boxes = np.concatenate([boxes, props])
             labels = np.concatenate([labels, np.full(len(props), PROPOSAL_LABEL, np.int64)])
             crowd = np.concatenate([crowd, np.zeros(len(props), np.int64)])
+            difficult = np.concatenate([difficult, np.zeros(len(props), np.int64)])
             area = np.concatenate([area, np.zeros(len(props))])
         boxes = np.concatenate([boxes.reshape(-1, 4), [[0, 0, record.width, record.height]]]).astype(np.float32)
         labels = np.concatenate([labels, [FRAME_LABEL]]).astype(np.int64)
         # the pipeline's ``iscrowd`` label field carries each box's index, so the per-box values the pipeline
-        # does not know about (area) follow the boxes it keeps; crowd flags are looked up by it afterwards
+        # does not know about (area) follow the boxes it keeps; crowd and difficult flags are looked up by it
         out = self.transform(image=image, bboxes=boxes, labels=labels, iscrowd=np.arange(len(boxes)))
         kept = np.asarray(out["iscrowd"], np.int64).reshape(-1)
         out_boxes = torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4))
         out_labels = torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1))
-        crowd = np.concatenate([crowd, [0]])
+        crowd, difficult = np.concatenate([crowd, [0]]), np.concatenate([difficult, [0]])
         out_crowd = torch.as_tensor(crowd[kept].astype(np.int64))
+        out_difficult = torch.as_tensor(difficult[kept].astype(np.int64))
         image_t = out["image"]
         frame = out_labels == FRAME_LABEL
         image_size = content_size(out_boxes[frame], tuple(image_t.shape[-2:]))
         out_boxes, out_labels, out_crowd, kept = out_boxes[~frame], out_labels[~frame], out_crowd[~frame], kept[~frame.numpy()]
+        out_difficult = out_difficult[~frame]
         objects = out_labels != PROPOSAL_LABEL
         scale = max(image_t.shape[-2:]) / max(record.height, record.width)
         # area scales like the boxes (by scale ** 2), so ``to_original`` (area / scale ** 2) gives back the
@@ -415,7 +422,8 @@ class DetectionDataset(Dataset):
         out_area = torch.as_tensor(area[kept] * float(np.float32(scale)) ** 2, dtype=torch.float64)
         sample = {"image": image_t,
                   "target": {"boxes": out_boxes[objects], "labels": out_labels[objects],
-                             "iscrowd": out_crowd[objects], "area": out_area[objects]},
+                             "iscrowd": out_crowd[objects], "difficult": out_difficult[objects],
+                             "area": out_area[objects]},
                   "image_id": record.image_id, "path": record.path,
                   "scale": scale,
                   "orig_size": (record.height, record.width),
@@ -423,6 +431,25 @@ class DetectionDataset(Dataset):
         if self.proposals is not None:
             sample["proposals"] = out_boxes[~objects]
         return sample
+
+
+def check_image_size(record: DetectionRecord, image: np.ndarray) -> None:
+    """The decoded image (EXIF orientation applied, ``read_rgb``) must have the annotation's size; when it
+    has it with width and height swapped, the message says that the EXIF orientation is the likely cause."""
+    height, width = image.shape[:2]
+    if (height, width) == (record.height, record.width):
+        return
+    message = f"{record.path}: image is {width}x{height} but its annotation says {record.width}x{record.height}"
+    if (width, height) == (record.height, record.width):
+        # the orientation is wrong, not the image: say which way round the reader and the annotation are
+        orientation = exif_orientation(record.path)
+        message += ("; swapping width and height would match: the annotation is for the image turned by 90 "
+                    "degrees. Images are read as displayed, with their EXIF orientation applied ")
+        message += (f"(this file's orientation tag is {orientation}, a quarter turn), so the annotation's size "
+                    f"and boxes must be those of the displayed image" if orientation in (5, 6, 7, 8) else
+                    "(this file has no quarter-turn orientation tag): are the annotation's width and height "
+                    "swapped, or was it made on a rotated copy?")
+    raise DataError(message)
 
 
 def content_size(frame: torch.Tensor, padded: tuple[int, int]) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from densecnn.errors import UserError
@@ -21,12 +21,28 @@ class DataError(UserError):
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as uint8 HxWx3; a file that cannot be decoded raises DataError naming it."""
+    """An image file as uint8 HxWx3, as it is displayed: its EXIF orientation (a phone photo's "rotate 90"
+    tag) applied, so every task sees the pixels, the size and the box coordinates a viewer or annotation tool
+    shows. A file that cannot be decoded raises DataError naming it."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot decode image ({err})") from err
+
+
+#: EXIF tag 0x0112, Orientation: 1 = as stored; 5-8 turn the image by a quarter (width and height swap)
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(path: str | os.PathLike) -> int | None:
+    """The file's EXIF orientation tag (1..8), or None when it has none or cannot be read."""
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(EXIF_ORIENTATION)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+    return int(value) if value is not None else None
 
 
 def is_readable_image(path: str | os.PathLike) -> bool:

@@ -30,7 +30,10 @@ class DetectionDataModule(BaseDataModule, ABC):
     """What the COCO and VOC DataModules share: pipelines, proposals, loaders. Subclasses implement
     ``read_split(split) -> list[DetectionRecord]`` and set ``class_names`` (and ``category_ids``)."""
 
-    proposal_key = "id"
+    #: how files outside the annotations (proposals, the results JSON) name an image: the COCO image ``id`` or
+    #: the image ``name`` (VOC's "000005"); see ``densecnn.data.detection.record_key``
+    image_key = "id"
+    proposal_key = image_key
 
     def __init__(self, root: str, batch_size: int = 8, num_workers: int = 0, image_size: int = 512,
                  hflip: float = 0.5, scale_range: tuple[float, float] = (0.75, 1.25), min_visibility: float = 0.3,
@@ -190,7 +193,7 @@ class VOCDetectionDataModule(DetectionDataModule):
     ``train_split``: VOC "07+12" is root VOC2007 plus ``extra_train_roots: [VOCdevkit/VOC2012]`` (S1 L660).
     Difficult objects are left out of training and ignored by evaluation, as in the VOC protocol."""
 
-    proposal_key = "name"
+    image_key = proposal_key = "name"
 
     def __init__(self, root: str, batch_size: int = 8, num_workers: int = 0, image_size: int = 600,
                  train_split: str = "trainval", val_split: str = "test", test_split: str = "test",

@@ -3,6 +3,7 @@ from .base import DetectionTask
 from .fast_rcnn import FastRCNNTask
 from .faster_rcnn import FasterRCNNTask
 from .overfeat import OverFeatTask
+from .proposal_based import ProposalDetectionTask
 from .rcnn import RCNNTask
 
-__all__ = ["DetectionTask", "FastRCNNTask", "FasterRCNNTask", "OverFeatTask", "RCNNTask"]
+__all__ = ["DetectionTask", "FastRCNNTask", "FasterRCNNTask", "OverFeatTask", "ProposalDetectionTask", "RCNNTask"]

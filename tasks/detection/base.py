@@ -34,7 +34,8 @@ class DetectionTask(BaseTask):
     def __init__(self, backbone: str = "resnet18", num_classes: int = 20, weights: str | None = None,
                  class_names: list[str] | None = None, category_ids: list[int] | None = None,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                 frozen_bn: bool = False, trainable_stages: int | None = None, **kwargs: Any):
+                 frozen_bn: bool = False, trainable_stages: int | None = None, display_thresh: float = 0.3,
+                 **kwargs: Any):
         """
         Args:
             backbone, weights: see ``BaseTask``; any registered backbone (its ``forward_features``).
@@ -45,6 +46,8 @@ class DetectionTask(BaseTask):
                 ``score_thresh`` are dropped, boxes of one class overlapping more than ``nms_thresh`` are
                 suppressed (per-class NMS), and at most ``detections_per_img`` are kept.
             frozen_bn: replace the backbone's batch norm by ``FrozenBatchNorm2d`` (S1 L650).
+            display_thresh: the score from which a detection is drawn in pictures (the logged examples and
+                the prediction writer's ``images/``); the results themselves keep every detection.
             trainable_stages: train only the last N of the backbone's declared stages (``stage_parameters``:
                 one per ``feature_info`` map, the stem in the first; 3: res3-res5 for ResNets, as torchvision's
                 reference) and freeze the earlier ones; ``null`` trains everything.
@@ -99,7 +102,7 @@ class DetectionTask(BaseTask):
     # ---- metrics -----------------------------------------------------------------------------------------
     def configure_metrics(self) -> None:
         # detections are evaluated on val and test only: in training the detectors sample regions instead
-        self.metrics = nn.ModuleDict({f"{stage}_metrics": DetectionMetrics(prefix=f"{stage}/")
+        self.metrics = nn.ModuleDict({f"{stage}_metrics": self.make_metrics().clone(prefix=f"{stage}/")
                                       for stage in ("val", "test")})
 
     def make_metrics(self) -> DetectionMetrics:
@@ -111,8 +114,7 @@ class DetectionTask(BaseTask):
     def _shared_step(self, batch: dict, batch_idx: int, stage: str) -> torch.Tensor | None:
         batch_size = self.batch_size_of(batch)
         if stage == "train":
-            losses = self.training_losses(batch)
-            loss = sum(losses.values())
+            loss, losses = self.compute_loss(batch, stage)
             self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
             self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True,
                           batch_size=batch_size)
@@ -127,6 +129,7 @@ class DetectionTask(BaseTask):
         """Nothing to add: evaluation logs only at epoch end, which every rank runs (``_log_epoch_metrics``)."""
 
     def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
+        """The summed training loss and its named parts (detectors are evaluated by ``detect``, not a loss)."""
         losses = self.training_losses(batch)
         return sum(losses.values()), losses
 
@@ -155,21 +158,53 @@ class DetectionTask(BaseTask):
         targets = self.to_original(batch["target"], batch)
         self.metrics_for(stage).update(preds, targets)
 
-    def _log_epoch_metrics(self, stage: str) -> None:
+    def _log_epoch_metrics(self, stage: str) -> tuple[dict, dict] | None:
+        """Compute, log and reset the stage's metrics; returns everything computed (per-class values too)
+        and the VOC precision/recall curves per class label, None in the sanity check."""
         metrics = self.metrics_for(stage)
         if self.trainer.sanity_checking:
             metrics.reset()
-            return
+            return None
         # every rank computes (a collective under DDP), even one that saw no image
-        values = DetectionMetrics.scalars(metrics.compute())  # synced across DDP ranks by torchmetrics
+        computed = metrics.compute()  # synced across DDP ranks by torchmetrics
+        curves = dict(metrics["voc"].curves)
         metrics.reset()
-        self.log_dict(values, prog_bar=stage == "val", sync_dist=False)
+        self.log_dict(DetectionMetrics.scalars(computed), prog_bar=stage == "val", sync_dist=False)
+        return computed, curves
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+        result = self._log_epoch_metrics("test")
+        if result is not None and self.trainer.is_global_zero:
+            self.write_per_class_report("test", *result)
+
+    def write_per_class_report(self, stage: str, computed: dict, curves: dict) -> dict[str, Path]:
+        """``<run dir>/<stage>_per_class_ap.csv`` and ``.md`` (class, AP50 VOC area, AP50 VOC07 11-point,
+        COCO AP, counted and ignored objects: the metrics' own per-class values) and a precision/recall
+        picture at IoU 0.5 (``pictures/<stage>_pr_curve_*.png``, the ten classes with most objects)."""
+        from densecnn.metrics.detection import per_class_csv, per_class_markdown
+        from densecnn.viz_detection import precision_recall_picture
+
+        names = self.class_names
+        rows = [{**row, "class": names[row["label"] - 1]}
+                for row in DetectionMetrics.per_class_table(computed, len(names))]
+        scalars = {k.rsplit("/", 1)[-1]: float(v) for k, v in DetectionMetrics.scalars(computed).items()}
+        means = {"ap50_voc": scalars["map_voc"], "ap50_voc07": scalars["map_voc07"], "ap_coco": scalars["map"]}
+        means = {k: (None if v <= -1 else v) for k, v in means.items()}
+        folder = self.run_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"csv": folder / f"{stage}_per_class_ap.csv", "markdown": folder / f"{stage}_per_class_ap.md"}
+        paths["csv"].write_text(per_class_csv(rows))
+        paths["markdown"].write_text(per_class_markdown(rows, means))
+        by_objects = sorted((row for row in rows if row["label"] in curves), key=lambda r: -r["gt_objects"])
+        picture = precision_recall_picture({row["class"]: curves[row["label"]] for row in by_objects},
+                                           title=f"{stage}: precision/recall at IoU 0.5 (VOC matching)")
+        paths["pr_curve"] = self.log_picture(f"{stage}/pr_curve", picture)
+        print(f"per-class AP written to {paths['csv']} and {paths['markdown']}; precision/recall curves in "
+              f"{paths['pr_curve']}")
+        return paths
 
     # ---- pictures ----------------------------------------------------------------------------------------
     def _normalisation(self):
@@ -181,7 +216,8 @@ class DetectionTask(BaseTask):
     def log_examples(self, stage: str, batch: dict, outputs: Sequence[dict]) -> None:
         n = min(self.hparams.num_log_images, len(batch["image"]))
         images = to_uint8_images(batch["image"][:n], *self._normalisation())
-        shown = [{k: d[k][d["scores"] >= 0.3] for k in ("boxes", "scores", "labels")} for d in outputs[:n]]
+        shown = [{k: d[k][d["scores"] >= self.hparams.display_thresh] for k in ("boxes", "scores", "labels")}
+                 for d in outputs[:n]]
         self.log_picture(f"{stage}/detections", detection_grid(images, shown, self.class_names, batch["target"][:n]))
 
     # ---- predict -----------------------------------------------------------------------------------------
@@ -215,18 +251,22 @@ class DetectionTask(BaseTask):
         return {k: v.cpu() for k, v in detections.items()}
 
     def prediction_records(self, prediction: list[dict], batch: dict, out_dir: Path, batch_idx: int) -> list[dict]:
-        """COCO result entries, and a picture of each image with its detections in ``out_dir/images``."""
+        """COCO result entries, and a picture of each image with its detections in ``out_dir/images``.
+        ``image_id`` is how the data names its images (the DataModule's ``image_key``): the COCO image id, or
+        for Pascal VOC the image name ("000005"), as the VOC devkit's results files do."""
         folder = out_dir / "images"
         folder.mkdir(parents=True, exist_ok=True)
         records = []
         category_ids = self.category_ids
+        by_name = getattr(getattr(self.trainer, "datamodule", None), "image_key", "id") == "name"
         for path, image_id, det in zip(batch["path"], batch["image_id"].tolist(), prediction):
-            keep = det["scores"] >= 0.3
+            image_id = Path(path).stem if by_name else int(image_id)  # record_key: the name is the file's stem
+            keep = det["scores"] >= self.hparams.display_thresh
             save_png(draw_detections(read_rgb(path), det["boxes"][keep], det["labels"][keep], det["scores"][keep],
                                      self.class_names), folder / f"{Path(path).stem}.png")
             for (x0, y0, x1, y1), score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
                                                       det["labels"].tolist()):
-                records.append({"image_id": int(image_id), "category_id": int(category_ids[label - 1]),
+                records.append({"image_id": image_id, "category_id": int(category_ids[label - 1]),
                                 "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
                                 "score": round(float(score), 5)})
         return records

@@ -11,41 +11,38 @@ Three layouts:
   * ``fpn: true``: a feature pyramid over the last ``fpn_levels`` maps (plus a max-pooled level), one
     anchor size per level, and the two-layer MLP head.
 
-Resizing and normalisation happen in OUR data pipeline (``densecnn.data.detection``): torchvision's
-``GeneralizedRCNNTransform`` is replaced by ``PreparedImages``, which only batches the images (no
-resize, no mean/std), so what the model sees is exactly what the DataModule produced.
+Resizing and normalisation happen in OUR data pipeline (``densecnn.data.detection``), so torchvision's
+``GeneralizedRCNNTransform`` is bypassed: ``run`` calls the detector's backbone, RPN and RoI heads on the
+batch as the DataModule produced it, with an ``ImageList`` whose ``image_sizes`` are each image's content
+(``batch["image_size"]``), not the padded square. The RPN therefore clips its proposals to the content (those
+lying wholly in the padding collapse and are dropped) and the RoI heads clip the detections to it.
+
+Training is Ren et al.'s approximate joint training (§3.2): the RPN's losses (objectness, anchor regression)
+and the Fast R-CNN losses on the RPN's proposals are summed into one loss and backpropagated together
+through the shared convolutional features; the proposals' coordinates are treated as constants (torchvision
+detaches them), so the derivative of the RoI losses with respect to the box coordinates is ignored.
+
+Defaults follow the papers: 3 scales (128, 256, 512) x 3 ratios (1:2, 1:1, 2:1) = 9 anchors per location on
+one map (Ren et al. §3.1.1); 2000 RPN proposals kept after NMS in training and 300 at test (the ResNet
+paper, S1 L652); the COCO recipe keeps the top 12000 anchors before the RPN's NMS in training.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import MultiScaleRoIAlign
 
 from densecnn.backbones.base import StagesUnavailable
 from densecnn.heads.detection import BackboneFeatures, LastStageBoxHead
 
 from .base import DetectionTask
-
-
-class PreparedImages(GeneralizedRCNNTransform):
-    """torchvision's detection transform reduced to batching: images arrive resized and normalised by the
-    data pipeline, so ``normalize`` and ``resize`` are the identity (and predictions stay in the input's
-    pixels; ``DetectionTask.to_original`` maps them to the original image)."""
-
-    def __init__(self):
-        super().__init__(min_size=1, max_size=1, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
-                         size_divisible=1)
-
-    def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        return image
-
-    def resize(self, image: torch.Tensor, target=None):
-        return image, target
 
 
 class FasterRCNNTask(DetectionTask):
@@ -60,7 +57,7 @@ class FasterRCNNTask(DetectionTask):
         fpn_channels: int = 256,
         frozen_bn: bool = True,
         trainable_stages: int | None = 3,
-        anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+        anchor_sizes: Sequence[int] = (128, 256, 512),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         rpn_pre_nms_top_n_train: int = 2000,
         rpn_post_nms_top_n_train: int = 2000,
@@ -82,8 +79,9 @@ class FasterRCNNTask(DetectionTask):
             box_head, fpn, fpn_levels, fpn_channels: the layout (module docstring).
             frozen_bn, trainable_stages: see ``DetectionTask``; on by default here, as the ResNet paper's
                 detection appendix fine-tunes (frozen BN, res3-res5 trained).
-            anchor_sizes, aspect_ratios: anchors (Faster R-CNN: 3 scales x 3 ratios on one map; with FPN one
-                size per pyramid level, so ``fpn_levels + 1`` sizes).
+            anchor_sizes, aspect_ratios: anchors, every size at every ratio on one map (Ren et al. §3.1.1: 128,
+                256, 512 px at 1:2, 1:1, 2:1, so 9 per location); with FPN one size per pyramid level, so
+                ``fpn_levels + 1`` sizes, each at every ratio.
             rpn_*: RPN proposal counts, NMS and mini-batch; 300 proposals at test (S1 L652).
             box_batch_size_per_image, box_positive_fraction: Fast R-CNN's RoI mini-batch (25% foreground).
             mlp_dim: width of the two fully connected layers of the ``mlp``/FPN head.
@@ -138,7 +136,13 @@ class FasterRCNNTask(DetectionTask):
             box_batch_size_per_image=h.box_batch_size_per_image, box_positive_fraction=h.box_positive_fraction,
             box_score_thresh=h.score_thresh, box_nms_thresh=h.nms_thresh,
             box_detections_per_img=h.detections_per_img)
-        self.detector.transform = PreparedImages()
+        # resizing and normalisation belong to the data pipeline: no second transform (it would resize to
+        # 800 px and normalise again); ``run`` replaces ``GeneralizedRCNN.forward``
+        del self.detector.transform
+        # bf16-mixed: keep box arithmetic in float32 (see ``run``): torchvision's BoxCoder casts the reference
+        # boxes to the deltas' dtype, so bfloat16 deltas would snap anchors and proposals to a 4 px grid at 512-1024 px
+        for module in (self.detector.rpn.head, self.detector.roi_heads.box_predictor):
+            module.register_forward_hook(_float32_outputs)
 
     def _last_stage(self, body) -> torch.nn.Module:
         """The backbone's declared last stage as one module (ResNet: layer4; VGG/AlexNet: the pool and
@@ -165,12 +169,36 @@ class FasterRCNNTask(DetectionTask):
     def _targets(batch: dict) -> list[dict[str, torch.Tensor]]:
         return [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in batch["target"]]
 
+    def run(self, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]],
+            targets: list[dict[str, torch.Tensor]] | None = None
+            ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """torchvision's ``GeneralizedRCNN.forward`` without its transform: the batch as the data pipeline made
+        it, and each image's content size (``(height, width)``) for the RPN and RoI heads to clip to.
+        Returns ``(detections, losses)``: detections in eval mode, losses in training mode."""
+        detector = self.detector
+        batch = ImageList(images, [(int(h), int(w)) for h, w in image_sizes])
+        # float32 maps: torchvision's AnchorGenerator makes the anchors in the maps' dtype (bfloat16 under
+        # bf16-mixed autocast, where the convolutions still run in bfloat16)
+        features = OrderedDict((name, f.float()) for name, f in detector.backbone(images).items())
+        proposals, rpn_losses = detector.rpn(batch, features, targets)
+        detections, roi_losses = detector.roi_heads(features, proposals, batch.image_sizes, targets)
+        return detections, {**rpn_losses, **roi_losses}
+
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.detector(list(batch["image"]), self._targets(batch))
+        return self.run(batch["image"], self.image_sizes(batch), self._targets(batch))[1]
 
     def detect(self, images: torch.Tensor, batch: dict) -> list[dict[str, torch.Tensor]]:
         was_training = self.detector.training
         self.detector.eval()
-        detections = self.detector(list(images))
+        detections = self.run(images, self.image_sizes({**batch, "image": images}))[0]
         self.detector.train(was_training)
         return detections
+
+
+def _float32_outputs(module: torch.nn.Module, args, output):
+    """Forward hook: a head's (nested) outputs in float32, for the box arithmetic that follows them."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, (list, tuple)):
+        return type(output)(_float32_outputs(module, args, o) for o in output)
+    return output

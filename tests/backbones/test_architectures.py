@@ -152,13 +152,13 @@ def test_googlenet_shapes_aux_heads_and_dropout():
     kernels = {m.kernel_size for m in model.inception3a.branch3.modules() if isinstance(m, nn.Conv2d)}
     assert kernels == {(1, 1), (5, 5)}
     model.train()
-    outputs = model(torch.randn(2, 3, 224, 224))
-    assert isinstance(outputs, tuple) and [o.shape for o in outputs] == [(2, 1000)] * 3
+    logits, aux = model.forward_with_aux(torch.randn(2, 3, 224, 224))
+    assert logits.shape == (2, 1000) and [o.shape for o in aux] == [(2, 1000)] * 2
     # the aux heads see 4x4x512 / 4x4x528 after the 5x5/3 average pool (SEED_NOTES 1.6)
     seen = []
     model.aux1.conv.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[1:])))
     model.aux2.conv.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[1:])))
-    model(torch.randn(1, 3, 224, 224))
+    model.forward_with_aux(torch.randn(1, 3, 224, 224))
     assert seen == [(512, 4, 4), (528, 4, 4)]
     assert summarize("googlenet_torchvision").mult_adds < 1.5e9 * 1.01  # "< 1.5 Bn ops" (S2 L930-936)
     assert GoogLeNet(num_classes=0).aux1 is None

@@ -23,7 +23,8 @@ PAIRS = {
     "vgg13": ("vgg13", {}), "vgg13_bn": ("vgg13_bn", {}),
     "vgg16": ("vgg16", {}), "vgg16_bn": ("vgg16_bn", {}),
     "vgg19": ("vgg19", {}), "vgg19_bn": ("vgg19_bn", {}),
-    "googlenet_torchvision": ("googlenet", {"aux_logits": True, "init_weights": True}),
+    # weights turn torchvision's input re-normalisation on in ours, as torchvision's builder does with its own
+    "googlenet_torchvision": ("googlenet", {"aux_logits": True, "init_weights": True, "transform_input": True}),
     "resnet18": ("resnet18", {}), "resnet34": ("resnet34", {}), "resnet50": ("resnet50", {}),
     "resnet101": ("resnet101", {}), "resnet152": ("resnet152", {}),
 }
@@ -181,8 +182,18 @@ def test_any_junk_file_is_a_weights_error_naming_it(tmp_path):
 
 
 def test_named_torchvision_weights_come_from_the_hub_cache(resnet18_file, tmp_path, monkeypatch):
+    import hashlib
+
+    import densecnn.weights
+
     path, reference = resnet18_file
-    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    # the cached file is checked against the SHA256 prefix in its name (tests/backbones/test_safe_loading.py):
+    # name this stand-in for torchvision's file after its own hash
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    url = f"https://download.pytorch.org/models/resnet18-{sha[:8]}.pth"
+    real_url = densecnn.weights._torchvision_weight_url
+    monkeypatch.setattr(densecnn.weights, "_torchvision_weight_url",
+                        lambda name: url if name == "ResNet18_Weights.IMAGENET1K_V1" else real_url(name))
     cache = tmp_path / "torch_home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     (cache / os.path.basename(url)).write_bytes(path.read_bytes())

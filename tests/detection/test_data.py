@@ -137,12 +137,15 @@ def test_read_voc_difficult_and_coordinates(tmp_path):
     records = read_voc(root, "trainval")
     assert [r.name for r in records] == ["000001", "000002"]
     np.testing.assert_allclose(records[0].boxes, [[0, 0, 10, 20], [4, 5, 30, 40]])  # 1-based -> continuous
-    assert records[0].labels.tolist() == [12, 8] and records[0].iscrowd.tolist() == [0, 1]
+    # a difficult object is ignored by evaluation but is no crowd region (COCO's crowd IoU rule must not apply)
+    assert records[0].labels.tolist() == [12, 8] and records[0].difficult.tolist() == [0, 1]
+    assert records[0].iscrowd.tolist() == [0, 0]
     assert len(records[1].labels) == 0
     dataset = DetectionDataset(records, build_detection_pipeline(64, train=False), keep_ignored=False)
     assert dataset[0]["target"]["labels"].tolist() == [12]  # training leaves difficult objects out
     dataset = DetectionDataset(records, build_detection_pipeline(64, train=False), keep_ignored=True)
-    assert dataset[0]["target"]["iscrowd"].tolist() == [0, 1]
+    target = dataset[0]["target"]
+    assert target["difficult"].tolist() == [0, 1] and target["iscrowd"].tolist() == [0, 0]
 
 
 def test_voc_bad_inputs(tmp_path):

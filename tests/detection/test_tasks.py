@@ -126,7 +126,7 @@ def test_overfeat_trains_on_the_windows_it_scores():
 
     torch.manual_seed(0)
     task = OverFeatTask(backbone="lenet5", backbone_kwargs={"in_chans": 3}, num_classes=3, window=32,
-                        scales=[0.5, 1.0, 2.0], hidden_dim=16, dropout=0.0)
+                        scales=[0.5, 1.0, 2.0], window_ratios=[1.0], hidden_dim=16, dropout=0.0)
     images = torch.randn(2, 3, 64, 64)
     logits, deltas, windows = task.pyramid_windows(images)
     per_scale = [((64 * f - 32) // 4 + 1) ** 2 for f in (0.5, 1.0, 2.0)]  # 32 px at 0.5: one window

@@ -42,7 +42,7 @@ def test_multi_scale_averages_over_scales():
 
 
 class _AuxNet(nn.Module):
-    """Returns (logits, aux) in training like GoogLeNet."""
+    """Has an auxiliary classifier like GoogLeNet: ``forward`` gives the logits, ``forward_with_aux`` both."""
 
     def __init__(self):
         super().__init__()
@@ -50,8 +50,11 @@ class _AuxNet(nn.Module):
         self.aux = nn.Linear(3, 4)
 
     def forward(self, x):
+        return self.fc(x.mean((2, 3)))
+
+    def forward_with_aux(self, x):
         x = x.mean((2, 3))
-        return (self.fc(x), self.aux(x)) if self.training else self.fc(x)
+        return self.fc(x), ([self.aux(x)] if self.training else [])
 
 
 def test_auxiliary_classifier_losses_are_weighted_in_training_only():

@@ -2,7 +2,19 @@
 
 Box regression (R-CNN appendix C; Fast R-CNN Eq. 2): a proposal P (centre Px, Py, size Pw, Ph) is moved to
 G by ``t = (wx (Gx - Px) / Pw, wy (Gy - Py) / Ph, ww log(Gw / Pw), wh log(Gh / Ph))``. The weights
-(10, 10, 5, 5) are Fast R-CNN's target normalisation (std 0.1, 0.1, 0.2, 0.2), as torchvision uses.
+(10, 10, 5, 5) are Fast R-CNN's target normalisation (std 0.1, 0.1, 0.2, 0.2), as torchvision uses; the
+coding itself is torchvision's ``BoxCoder`` and the IoU assignment its ``Matcher``.
+
+What stays here and why (torchvision's detection ``_utils`` / ``roi_heads`` do something slightly different):
+  * the RoI sampling draws from an explicit ``torch.Generator`` (a run's seeded draws: DESIGN, reproducible
+    runs) and keeps foreground first; ``BalancedPositiveNegativeSampler`` draws from the global RNG and
+    returns masks;
+  * the background band has a lower end (Fast R-CNN's [0.1, 0.5), Section 2.3) while torchvision's RoI heads
+    take every RoI under 0.5 as background, and an image whose proposals all fall outside the band still
+    trains on background;
+  * ``detection_loss`` uses the paper's smooth L1 (beta = 1, Fast R-CNN Eq. 3; ``fastrcnn_loss`` fixes
+    Detectron's 1/9), gives a zero loss (not NaN) on a batch without RoIs, and can restrict the regression
+    to a subset of the foreground (R-CNN regresses only proposals with IoU >= 0.6, appendix C).
 """
 from __future__ import annotations
 
@@ -10,36 +22,22 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.models.detection._utils import BoxCoder, Matcher
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-_CLAMP = math.log(1000.0 / 16)  # keeps exp() finite for wild predictions (as torchvision does)
-
-
-def _centres(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+_CLAMP = math.log(1000.0 / 16)  # keeps exp() finite for wild predictions (torchvision's bbox_xform_clip)
 
 
 def encode_boxes(gt: torch.Tensor, proposals: torch.Tensor, weights=BOX_WEIGHTS) -> torch.Tensor:
     """Regression targets ``t`` taking each proposal to its ground-truth box (both ``(N, 4)`` xyxy)."""
-    px, py, pw, ph = _centres(proposals)
-    gx, gy, gw, gh = _centres(gt)
-    wx, wy, ww, wh = weights
-    return torch.stack([wx * (gx - px) / pw, wy * (gy - py) / ph, ww * torch.log(gw / pw),
-                        wh * torch.log(gh / ph)], dim=-1)
+    return BoxCoder(weights, _CLAMP).encode_single(gt, proposals)
 
 
 def decode_boxes(deltas: torch.Tensor, proposals: torch.Tensor, weights=BOX_WEIGHTS) -> torch.Tensor:
     """Apply ``(N, C * 4)`` deltas to ``(N, 4)`` proposals: ``(N, C, 4)`` boxes (one per class)."""
-    deltas = deltas.reshape(len(deltas), -1, 4)
-    px, py, pw, ph = (v[:, None] for v in _centres(proposals))
-    wx, wy, ww, wh = weights
-    cx = deltas[..., 0] / wx * pw + px
-    cy = deltas[..., 1] / wy * ph + py
-    w = torch.exp((deltas[..., 2] / ww).clamp(max=_CLAMP)) * pw
-    h = torch.exp((deltas[..., 3] / wh).clamp(max=_CLAMP)) * ph
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+    return BoxCoder(weights, _CLAMP).decode_single(deltas.reshape(len(deltas), -1), proposals
+                                                   ).reshape(len(deltas), -1, 4)
 
 
 def sample_rois(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, *,
@@ -69,14 +67,13 @@ def sample_indices(boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch
 
     Returns ``(indices (B,), labels (B,), regression targets (B, 4))``, foreground first.
     """
-    if len(gt_boxes):
-        iou = box_iou(boxes, gt_boxes.to(boxes))
-        best_iou, best = iou.max(dim=1)
-    else:
-        best_iou = boxes.new_zeros(len(boxes))
-        best = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
-    fg = torch.where(best_iou >= fg_iou)[0]
-    bg = torch.where((best_iou >= bg_iou[0]) & (best_iou < bg_iou[1]))[0]
+    # an image without objects: every box has IoU 0 (one all-zero row; Matcher refuses an empty matrix)
+    iou = box_iou(gt_boxes.to(boxes), boxes) if len(gt_boxes) else boxes.new_zeros((1, len(boxes)))
+    # Matcher(high, low): >= 0 matched at IoU >= fg_iou, BETWEEN_THRESHOLDS in [bg_iou[0], fg_iou), below ignored
+    best = Matcher(fg_iou, min(bg_iou[0], fg_iou))(iou) if len(boxes) else iou.new_zeros(0, dtype=torch.long)
+    best_iou = iou.max(dim=0).values
+    fg = torch.where(best >= 0)[0] if len(gt_boxes) else best.new_zeros(0)
+    bg = torch.where((best == Matcher.BETWEEN_THRESHOLDS) & (best_iou < bg_iou[1]))[0]
     if len(bg) == 0 and len(fg) == 0:  # nothing in the background band: fall back to any non-object box
         bg = torch.where(best_iou < fg_iou)[0]
     num_fg = min(int(round(batch_size * fg_fraction)), len(fg))
@@ -93,14 +90,17 @@ def sample_indices(boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch
 
 
 def detection_loss(class_logits: torch.Tensor, box_regression: torch.Tensor, labels: torch.Tensor,
-                   targets: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                   targets: torch.Tensor, beta: float = 1.0, regress: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fast R-CNN's multi-task loss (Eq. 1): softmax log loss over K + 1 classes plus the smooth-L1 loss of
-    the true class's box deltas on foreground RoIs ([u >= 1]), averaged over all RoIs (lambda = 1)."""
+    the true class's box deltas on foreground RoIs ([u >= 1]), averaged over all RoIs (lambda = 1).
+    ``regress`` (bool, per RoI) narrows the regressed RoIs to a subset of the foreground (R-CNN's IoU >= 0.6)."""
     if labels.numel() == 0:  # a batch without any RoI: nothing to learn from (cross-entropy would give NaN)
         zero = class_logits.sum() * 0.0 + box_regression.sum() * 0.0  # still in the graph, for DDP
         return zero, zero.clone()
     cls_loss = F.cross_entropy(class_logits, labels)
-    fg = torch.where(labels > 0)[0]
+    regress = labels > 0 if regress is None else regress & (labels > 0)
+    fg = torch.where(regress)[0]
     deltas = box_regression.reshape(len(box_regression), -1, 4)[fg, labels[fg]]
     box_loss = F.smooth_l1_loss(deltas, targets[fg], beta=beta, reduction="sum") / max(1, labels.numel())
     return cls_loss, box_loss

@@ -66,8 +66,7 @@ class BackboneFeatures(nn.Module):
                  fpn_channels: int = 256):
         super().__init__()
         self.body = backbone
-        n = len(backbone.feature_info)
-        self.indices = sorted({i % n for i in indices})
+        self.indices = sorted({backbone.feature_index(i) for i in indices})
         infos = [backbone.feature_info[i] for i in self.indices]
         self.names = [str(k) for k in range(len(self.indices))]
         self.fpn = FeaturePyramidNetwork([i.num_chs for i in infos], fpn_channels,
@@ -84,8 +83,9 @@ class BackboneFeatures(nn.Module):
             self.strides = [i.reduction for i in infos]
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        maps = self.body.forward_features(x)
-        selected = OrderedDict((str(k), maps[i]) for k, i in enumerate(self.indices))
+        # only up to the deepest map read: the C4 layout's conv5_x does not run on the whole image
+        maps = self.body.feature_maps(x, self.indices)
+        selected = OrderedDict((str(k), m) for k, m in enumerate(maps))
         return self.fpn(selected) if self.fpn is not None else selected
 
 
@@ -112,8 +112,8 @@ def freeze_unused_parameters(backbone: nn.Module, indices: Sequence[int], in_cha
     backbone.eval()
     named = [(name, p) for name, p in backbone.named_parameters() if p.requires_grad]
     with torch.enable_grad():
-        maps = backbone.forward_features(torch.zeros(1, in_chans, size, size))
-        total = sum(maps[i].float().sum() for i in indices)
+        maps = backbone.feature_maps(torch.zeros(1, in_chans, size, size), indices)
+        total = sum(m.float().sum() for m in maps)
         if named and total.requires_grad:
             grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
         else:  # every parameter the maps depend on is already frozen (e.g. by trainable_stages)
