@@ -92,6 +92,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning unpickles remote (http) checkpoints with ``weights_only=False`` unless told otherwise;
+        a ``--ckpt_path`` URL must not run code, so ``weights_only`` is on unless the caller turns it off."""
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        return super().load_checkpoint(path, weights_only=True if weights_only is None else weights_only, **kwargs)
+
+
 def use_atomic_checkpoint_io(trainer: pl.Trainer) -> None:
     """Swap the strategy's default checkpoint writer for ``AtomicCheckpointIO`` (a user's own plugin stays)."""
     strategy = trainer.strategy

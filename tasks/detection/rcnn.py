@@ -21,6 +21,7 @@ Fine-tuning mini-batches hold 25% foreground (IoU >= 0.5) and 75% background win
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -137,7 +138,9 @@ class RCNNTask(ProposalDetectionTask):
         rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), context_boxes(b, self.crop_size,
                                                                              self.hparams.context)], dim=1)
                           for i, b in enumerate(boxes)]) if boxes else images.new_zeros((0, 5))
-        chunks = rois.split(self.hparams.crop_batch_size) if len(rois) else [rois]
+        # equal chunks rather than full ones and a remainder: a remainder of one region would be a batch of one
+        # for a batch-norm backbone in training (each chunk is its own normalisation batch there)
+        chunks = rois.tensor_split(math.ceil(len(rois) / self.hparams.crop_batch_size)) if len(rois) else [rois]
         return torch.cat([self.backbone(warp_regions(images, part, self.crop_size)) for part in chunks])
 
     def predict_regions(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

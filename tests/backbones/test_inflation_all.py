@@ -12,7 +12,7 @@ from torch import nn
 from densecnn import create_backbone, list_backbones
 from densecnn.backbones import get_entry
 from densecnn.backbones.inflate import PerFrame, inflate
-from tests.backbones.helpers import fast_backbone
+from tests.backbones.helpers import fast_backbone, small_residual_branches
 from tests.backbones.test_feature_info import small_input
 
 TWO_D = [n for n in list_backbones() if len(get_entry(n).input_size) == 3]
@@ -32,10 +32,7 @@ def with_batchnorm_statistics(model: nn.Module) -> nn.Module:
                 m.running_var.uniform_(0.5, 1.5, generator=generator)
                 m.weight.uniform_(0.5, 1.5, generator=generator)
                 m.bias.uniform_(-0.2, 0.2, generator=generator)
-        for m in model.modules():  # small residual branches keep 600 blocks (cifar_resnet1202) finite
-            if hasattr(m, "last_bn"):
-                m.last_bn().weight.uniform_(0.05, 0.15, generator=generator)
-    return model
+    return small_residual_branches(model, generator)
 
 
 def assert_fixed_point(model2d: nn.Module, model3d: nn.Module, image: torch.Tensor, frames: int = 3) -> None:

@@ -154,14 +154,6 @@ def test_quickstart_configs_run(tmp_path, name):
     assert (tmp_path / "rooms" / "train" / "rgb" / "train_00000.png").is_file()
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "dense").glob("*.yaml")), ids=lambda p: p.stem)
-def test_real_recipes_parse(path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(path), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    assert "DensePredictionTask" in capsys.readouterr().out
-
-
 def test_depth_and_normals_as_inputs_for_labelling(tmp_path):
     """The paper's NYU labelling inputs: ground-truth depth and normals, each through its own 9x9 bank at
     scales 2 and 3; they must change the prediction, get gradients, and be present in every batch."""

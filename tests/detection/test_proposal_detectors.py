@@ -172,6 +172,12 @@ def test_rcnn_warps_chunk_by_chunk_in_training_and_at_test(monkeypatch):
     task.training_losses(batch)
     assert max(sizes) == 5 and sum(sizes) == 2 * 16  # 32 warped windows, never more than 5 alive at once
     sizes.clear()
+    # 32 regions by 31 are two equal chunks, not 31 + 1: a chunk of one is a batch of one for batch norm
+    task.hparams.crop_batch_size = 31
+    task.training_losses(batch)
+    assert sizes == [16, 16]
+    sizes.clear()
+    task.hparams.crop_batch_size = 5
     task.eval()
     with torch.no_grad():
         chunked = task.region_features(batch["image"], batch["proposals"])

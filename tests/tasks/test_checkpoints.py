@@ -9,6 +9,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -129,5 +130,35 @@ def test_load_from_checkpoint_reads_fsspec_paths_and_urls(fitted, tmp_path):
         assert all(torch.equal(from_url[k], reference[k]) for k in reference)
         with pytest.raises(CheckpointError, match="nope.ckpt"):
             ClassificationTask.load_from_checkpoint(f"http://127.0.0.1:{server.server_port}/nope.ckpt")
+    finally:
+        server.shutdown()
+
+
+def test_a_checkpoint_url_given_to_the_trainer_is_not_unpickled(fitted, tmp_path, monkeypatch):
+    """Lightning reads ``ckpt_path`` URLs with ``weights_only=False``; ours must refuse a pickle that carries code
+    instead of running it (here a reference to ``os.system``, which must never be resolved)."""
+    import os
+
+    fit, log_dir = fitted
+    evil = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    evil["payload"] = os.system
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save(evil, served / "evil.ckpt")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    url = f"http://127.0.0.1:{server.server_port}/evil.ckpt"
+    try:
+        # Lightning's own reader would resolve the payload (what the test guards against)
+        from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+        assert TorchCheckpointIO().load_checkpoint(url)["payload"] is os.system
+        with pytest.raises(Exception, match="weights_only|Unsupported global|system"):
+            AtomicCheckpointIO().load_checkpoint(url)
+        trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+        with pytest.raises(Exception, match="weights_only|Unsupported global|os.system|posix.system"):
+            trainer.fit(fit.model, datamodule=fit.datamodule,
+                        ckpt_path=url)
     finally:
         server.shutdown()

@@ -113,6 +113,10 @@ def postprocess_detections(scores: torch.Tensor, box_regression: torch.Tensor | 
     deltas ``(N, (K + 1) * 4)`` applied to ``boxes`` (or the boxes as they are when ``None``), clipped to the
     image, thresholded, then non-maximum suppression per class (``batched_nms``) and the top
     ``detections_per_img``. Returns ``{"boxes", "scores", "labels"}`` with labels in 1..K."""
+    # under bf16 autocast the head's outputs are bfloat16, whose 8-bit mantissa puts a coordinate near 500 on
+    # a 2 px grid: decode, clip and rank in float32
+    scores, boxes = scores.float(), boxes.float()
+    box_regression = None if box_regression is None else box_regression.float()
     num_classes = scores.shape[1]
     if box_regression is not None:
         per_class = decode_boxes(box_regression, boxes)
