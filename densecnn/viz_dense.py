@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .constants import IGNORE_LABEL
 from .data.dense import encode_normals
 from .viz import image_grid
 
@@ -51,7 +52,8 @@ def normals_to_rgb(normals: np.ndarray | torch.Tensor) -> np.ndarray:
     return encode_normals(n)
 
 
-def labels_to_rgb(labels: np.ndarray | torch.Tensor, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+def labels_to_rgb(labels: np.ndarray | torch.Tensor, palette: np.ndarray,
+                  ignore_index: int = IGNORE_LABEL) -> np.ndarray:
     """(H, W) class ids -> HxWx3 uint8 via ``palette``; ignored pixels are black."""
     labels = np.asarray(torch.as_tensor(labels).detach().cpu()).astype(np.int64)
     known = (labels >= 0) & (labels < len(palette)) & (labels != ignore_index)

@@ -22,7 +22,7 @@ import re
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -33,6 +33,7 @@ from torchmetrics import MeanMetric
 
 from densecnn import create_backbone
 from densecnn.data import DataError
+from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from densecnn.viz import save_png
 
 from .checkpoints import (CheckpointError, collect_rng_states, default_checkpoints, is_lightning_default_checkpoint,
@@ -201,6 +202,12 @@ class BaseTask(pl.LightningModule, ABC):
                             f"labels would mean different things")
         self.hparams.class_names = names
         return datamodule
+
+    def normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
+        """The per-channel ``(mean, std)`` the input images were normalised with: the DataModule's ``mean`` and
+        ``std``, ImageNet's when it has none or no trainer is attached. Pictures undo it to show the pixels."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)
 
     def build_backbone(self, **overrides) -> nn.Module:
         h = self.hparams

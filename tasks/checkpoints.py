@@ -170,11 +170,26 @@ class LastCheckpoint(ModelCheckpoint):
         """The last epoch's end saved already, before any weight averaging swapped the average in."""
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for which a monitored value of -1, the metrics' "undefined" (an epoch without any
+    ground truth: ``densecnn.metrics.detection.UNDEFINED``), ranks worst, as NaN does in Lightning, instead of
+    best for an error that is minimised (depth rmse, normals angle)."""
+
+    def _monitor_candidates(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+        from densecnn.metrics.detection import UNDEFINED
+
+        candidates = super()._monitor_candidates(trainer)
+        value = candidates.get(self.monitor)
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and float(value) == UNDEFINED:
+            candidates[self.monitor] = torch.tensor(float("nan"))
+        return candidates
+
+
 def default_checkpoints(monitor: str, mode: str, every_n_minutes: float | None,
                         every_n_steps: int | None) -> list[ModelCheckpoint]:
     """The best checkpoint by ``monitor``, and ``last.ckpt`` kept current by ``LastCheckpoint``."""
-    return [ModelCheckpoint(monitor=monitor, mode=mode, filename="best-epoch{epoch:03d}",
-                            auto_insert_metric_name=False),
+    return [BestCheckpoint(monitor=monitor, mode=mode, filename="best-epoch{epoch:03d}",
+                           auto_insert_metric_name=False),
             LastCheckpoint(every_n_minutes, every_n_steps)]
 
 

@@ -194,7 +194,7 @@ class ClassificationTask(BaseTask):
         names = self.class_names
         captions = [f"{names[p]} {c:.2f}" for p, c in zip(predicted.tolist(), confidence.tolist())]
         colours = [GOOD if p == t else BAD for p, t in zip(predicted.tolist(), labels.tolist())]
-        stats = _normalisation(self)
+        stats = self.normalisation()
         self.log_picture(f"{stage}/examples", image_grid(to_uint8_images(images, *stats), captions, colours))
 
     # ---- predict -----------------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ class ClassificationTask(BaseTask):
             if self.hparams.tta == "ten_crop":
                 images = TF.center_crop(images, [min(images.shape[-2:])] * 2)
             captions = [f"{names[int(l)]} {float(p.max()):.2f}" for l, p in zip(prediction["labels"][:n], probs[:n])]
-            save_png(image_grid(to_uint8_images(images.cpu(), *_normalisation(self)), captions),
+            save_png(image_grid(to_uint8_images(images.cpu(), *self.normalisation()), captions),
                      out_dir / "preview.png")
         return [{"file": path, "label": names[int(label)], "probability": float(p[int(label)]),
                  "probs": [round(float(v), 6) for v in p]}
@@ -240,10 +240,3 @@ class ClassificationTask(BaseTask):
             for r in sorted(records, key=lambda r: r["file"]):
                 writer.writerow([r["file"], r["label"], f"{r['probability']:.6f}", *r["probs"]])
         return path
-
-
-def _normalisation(task: BaseTask) -> tuple[Sequence[float], Sequence[float]]:
-    datamodule = getattr(task.trainer, "datamodule", None)
-    from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)

@@ -14,24 +14,31 @@ the scale-2 output, which keeps the first stage's signal in a single run.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Subset
 from torchmetrics import MeanMetric, MetricCollection
 
+from densecnn.constants import IGNORE_LABEL
 from densecnn.data import DataError
-from densecnn.data.dense import write_depth_png, write_labels_png
+from densecnn.data.dense import (DenseFolderDataset, DenseSampleDataset, read_labels_png, write_depth_png,
+                                 write_labels_png)
+from densecnn.errors import ConfigError
 from densecnn.heads.dense import (DENSE_TARGETS, INPUT_MAP_CHANNELS, MultiScaleDenseHead, encode_input_map,
                                   finish_prediction)
-from densecnn.losses import IGNORE_INDEX, depth_loss, normals_loss, semantic_loss, valid_depth_mask
+from densecnn.losses import depth_loss, normals_loss, semantic_loss, valid_depth_mask
+from densecnn.losses.dense import median_frequency_weights
 from densecnn.metrics import DepthMetrics, NormalMetrics, SemanticMetrics
-from densecnn.viz import save_png, to_uint8_images
+from densecnn.metrics.dense import eigen_crop_mask, per_class_csv, per_class_markdown, semantic_scores
+from densecnn.viz import confusion_matrix_image, save_png, to_uint8_images
 from densecnn.viz_dense import colourise_depth, default_palette, dense_panel, labels_to_rgb, normals_to_rgb, overlay
 from densecnn.weights import WeightsError, load_weights
 
@@ -76,6 +83,7 @@ class DensePredictionTask(BaseTask):
         eval_max_depth: float | None = None,
         eigen_crop: bool = False,
         silog_lambda: float = 1.0,
+        semantic_class_weights: Literal["none", "median_frequency"] = "none",
         **kwargs: Any,
     ):
         """
@@ -97,7 +105,12 @@ class DensePredictionTask(BaseTask):
             init_checkpoint: a checkpoint of this task (same targets and sizes) whose weights initialise the
                 model when ``fit`` starts, e.g. the ``scales12`` stage's for the ``scale3`` stage.
             eval_min_depth, eval_max_depth, eigen_crop, silog_lambda: the depth evaluation protocol
-                (``densecnn.metrics.DepthMetrics``; NYU: max 10 m and the Eigen crop).
+                (``densecnn.metrics.DepthMetrics``; NYU: max 10 m and the Eigen crop). Batches carrying the
+                full-resolution ground truth (NYU's ``eval_protocol: eigen``) are always scored with the crop and
+                a 10 m cap unless ``eval_max_depth`` says otherwise (``update_depth_metrics``).
+            semantic_class_weights: ``none``, or ``median_frequency`` to weight the semantic loss by class
+                (Eigen & Fergus 2015, SegNet): computed once when ``fit`` starts from the training split's label
+                files (not augmented batches), kept in the checkpoint as the ``class_weights`` buffer.
         """
         targets = list(targets)
         for target in targets:
@@ -124,7 +137,15 @@ class DensePredictionTask(BaseTask):
         unknown = set(loss_weights or {}) - set(targets)
         if unknown:
             raise ValueError(f"model.init_args.loss_weights: {sorted(unknown)} are not among the targets {targets}")
+        if semantic_class_weights not in ("none", "median_frequency"):
+            raise ConfigError(f"model.init_args.semantic_class_weights: {semantic_class_weights!r} is not one of "
+                              f"none, median_frequency")
+        if semantic_class_weights != "none" and "semantic" not in targets:
+            raise ConfigError(f"model.init_args.semantic_class_weights: {semantic_class_weights!r} needs the "
+                              f"semantic target (targets: {targets})")
         super().__init__(backbone=backbone, weights=weights, **kwargs)
+        if semantic_class_weights != "none":  # a buffer: saved in (and restored from) the checkpoint
+            self.register_buffer("class_weights", torch.ones(num_classes))
         monitor, self.monitor_mode = MONITORS[targets[0]]
         self.monitor = f"val/{monitor}"
         self._empty_depth: dict[str, list[str]] = {stage: [] for stage in STAGES}
@@ -203,6 +224,26 @@ class DensePredictionTask(BaseTask):
                 load_weights(self, self.hparams.init_checkpoint, whole_task=True)
             except WeightsError as err:
                 raise CheckpointError(f"model.init_args.init_checkpoint: {err}") from err
+        if stage == "fit" and hasattr(self, "class_weights") and not self.trainer.ckpt_path:
+            # once per run: a resumed run (--ckpt_path) gets the buffer back from its checkpoint
+            self.class_weights.copy_(self.training_class_weights())
+
+    def training_class_weights(self) -> torch.Tensor:
+        """Median-frequency weights (``median_frequency_weights``) of the training split's stored labels."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "train_set", None)
+        if dataset is None:
+            raise ConfigError("model.init_args.semantic_class_weights: median_frequency needs a DataModule with a "
+                              "train_set (its label files give the class frequencies)")
+        try:
+            weights = median_frequency_weights(stored_label_maps(dataset), self.hparams.num_classes)
+        except ValueError as err:
+            raise DataError(f"training labels of {getattr(datamodule, 'root', dataset)}: {err}") from err
+        if self.trainer.is_global_zero:
+            names = self.class_names
+            print("semantic loss class weights (median frequency): "
+                  + ", ".join(f"{names[c]}={w:.3g}" for c, w in enumerate(weights.tolist())))
+        return weights
 
     # ---- forward passes ----------------------------------------------------------------------------------------
     def input_maps_from(self, batch: dict) -> dict[str, torch.Tensor] | None:
@@ -247,7 +288,7 @@ class DensePredictionTask(BaseTask):
                                 f"provide a map for every target in model.init_args.targets")
         if "semantic" in self.targets:
             labels = batch["semantic"]
-            bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.hparams.num_classes))
+            bad = (labels != IGNORE_LABEL) & ((labels < 0) | (labels >= self.hparams.num_classes))
             if bool(bad.any()):
                 which = [names[i] if i < len(names) else str(i) for i in bad.flatten(1).any(1).nonzero().flatten().tolist()]
                 raise DataError(f"labels outside 0..{self.hparams.num_classes - 1} (255 = ignore) in sample(s) "
@@ -259,7 +300,7 @@ class DensePredictionTask(BaseTask):
             return depth_loss(prediction, batch["depth"], lam=h.depth_lambda, gradient_weight=h.depth_gradient_weight)
         if target == "normals":
             return normals_loss(prediction, batch["normals"])
-        return semantic_loss(prediction, batch["semantic"])
+        return semantic_loss(prediction, batch["semantic"], weight=getattr(self, "class_weights", None))
 
     def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self._check_batch(batch)
@@ -286,18 +327,47 @@ class DensePredictionTask(BaseTask):
             outputs[target] = final.detach()
         return total, outputs
 
-    def update_metrics(self, stage: str, outputs: dict[str, torch.Tensor], batch: dict) -> None:
+    def metric_members(self, stage: str) -> dict[str, dict[str, Any]]:
+        """The stage's metric objects as ``{target: {key: metric}}``."""
         members: dict[str, dict] = {}
         for key, metric in self.metrics_for(stage).items(keep_base=True, copy_state=False):
             target, name = key.split("/", 1)
             members.setdefault(target, {})[name] = metric
+        return members
+
+    def update_metrics(self, stage: str, outputs: dict[str, torch.Tensor], batch: dict) -> None:
+        members = self.metric_members(stage)
         if "depth" in outputs:
-            DepthMetrics.update_members(members["depth"], outputs["depth"][:, 0].exp(), batch["depth"],
-                                        **self._depth_options())
+            self.update_depth_metrics(members["depth"], outputs["depth"][:, 0].exp(), batch)
         if "normals" in outputs:
             NormalMetrics.update_members(members["normals"], outputs["normals"], batch["normals"])
         if "semantic" in outputs:
             SemanticMetrics.update_members(members["semantic"], outputs["semantic"], batch["semantic"])
+
+    def update_depth_metrics(self, members: dict[str, Any], pred: torch.Tensor, batch: dict) -> None:
+        """Score ``pred`` (N, H, W) metres, the prediction at the network's input size.
+
+        * Batches with ``depth_full`` (NYU, ``eval_protocol: eigen``) follow the standard protocol (Eigen et al.
+          2014, as BTS / monodepth2 evaluate): ``pred`` is upsampled bilinearly onto the part of the
+          full-resolution frame it covers (``depth_window``) and scored there inside the Eigen crop, with
+          ground truth and predictions capped to [``eval_min_depth``, ``eval_max_depth``] (10 m when unset).
+        * Otherwise against ``batch["depth"]``; with ``eigen_crop`` the crop is placed by ``depth_window`` when
+          the batch has one (a centre-cropped evaluation map is not the whole frame), else scaled to the map.
+        """
+        options = self._depth_options()
+        window = batch.get("depth_window")
+        if "depth_full" in batch:
+            target = batch["depth_full"]
+            pred, covered = paste_into_frame(pred, window, target.shape[-2:])
+            options.update(eigen_crop=True, max_depth=options["max_depth"] or NYU_MAX_DEPTH)
+            DepthMetrics.update_members(members, pred, target, covered, **options)
+            return
+        target, mask = batch["depth"], None
+        if options["eigen_crop"] and window is not None:
+            mask = torch.stack([eigen_crop_mask(*target.shape[-2:], device=target.device, window=w.tolist())
+                                for w in window])
+            options["eigen_crop"] = False
+        DepthMetrics.update_members(members, pred, target, mask, **options)
 
     def _report_empty_depth(self, stage: str) -> None:
         names = self._empty_depth[stage]
@@ -318,6 +388,36 @@ class DensePredictionTask(BaseTask):
 
     def on_test_epoch_end(self) -> None:
         self._report_empty_depth("test")
+        if "semantic" in self.targets and not self.trainer.sanity_checking:
+            confusion = SemanticMetrics.synced_confusion(self.metric_members("test")["semantic"])  # every rank
+            if self.trainer.is_global_zero:
+                self.write_semantic_report("test", confusion)
+
+    def write_semantic_report(self, stage: str, confusion: torch.Tensor) -> dict[str, Path]:
+        """``<run dir>/<stage>_semantic_per_class.csv`` and ``.md`` (class, IoU, accuracy, true and predicted
+        pixels: the very values the metric averages into ``miou``/``mean_acc``), ``<stage>_confusion_matrix.csv``
+        (raw pixel counts, rows true) and the ``<stage>/confusion_matrix`` picture."""
+        names = self.class_names
+        rows = SemanticMetrics.per_class_table(confusion, names)
+        scores = {k: float(v) for k, v in semantic_scores(confusion).items() if k in ("miou", "mean_acc")}
+        means = {"iou": scores["miou"], "acc": scores["mean_acc"]}
+        folder = self.run_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"csv": folder / f"{stage}_semantic_per_class.csv",
+                 "markdown": folder / f"{stage}_semantic_per_class.md",
+                 "confusion_csv": folder / f"{stage}_confusion_matrix.csv"}
+        paths["csv"].write_text(per_class_csv(rows))
+        paths["markdown"].write_text(per_class_markdown(rows, {k: (None if v <= -1 else v) for k, v in means.items()}))
+        with open(paths["confusion_csv"], "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["true \\ predicted", *names])
+            for name, row in zip(names, confusion.tolist()):
+                writer.writerow([name, *row])
+        picture = confusion_matrix_image(confusion.numpy(), names)
+        paths["picture"] = self.log_picture(f"{stage}/confusion_matrix", picture)
+        print(f"per-class IoU/accuracy written to {paths['csv']} and {paths['markdown']}; confusion matrix in "
+              f"{paths['confusion_csv']} and {paths['picture']}")
+        return paths
 
     # ---- pictures ----------------------------------------------------------------------------------------------
     def palette(self) -> np.ndarray:
@@ -337,7 +437,7 @@ class DensePredictionTask(BaseTask):
 
     def log_examples(self, stage: str, batch: dict, outputs: dict[str, torch.Tensor]) -> None:
         n = min(self.hparams.num_log_images, len(batch["image"]), 8)
-        images = to_uint8_images(batch["image"][:n].cpu(), *_normalisation(self))
+        images = to_uint8_images(batch["image"][:n].cpu(), *self.normalisation())
         maps = self._as_maps({k: v[:n] for k, v in outputs.items()})
         truth = {t: batch[t][:n].cpu() for t in self.targets if t in batch}
         self.log_picture(f"{stage}/examples", dense_panel(images, maps, truth, self.palette()))
@@ -377,7 +477,7 @@ class DensePredictionTask(BaseTask):
     def prediction_records(self, prediction: dict, batch: dict, out_dir: Path, batch_idx: int) -> list[dict]:
         """Per sample: ``depth/<name>.png`` (uint16 mm) and ``depth_colour/``, ``normals/<name>.png`` (RGB),
         ``labels/<name>.png`` (indexed, with palette) and ``overlay/``."""
-        images = to_uint8_images(batch["image"].cpu(), *_normalisation(self))
+        images = to_uint8_images(batch["image"].cpu(), *self.normalisation())
         palette = self.palette()
         records = []
         for i, name in enumerate(batch["name"]):
@@ -419,11 +519,45 @@ class DensePredictionTask(BaseTask):
         return path
 
 
-def _normalisation(task: BaseTask) -> tuple[Sequence[float], Sequence[float]]:
-    from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+#: the depth cap of the standard NYU evaluation (Eigen et al. 2014; BTS, monodepth2): 10 m
+NYU_MAX_DEPTH = 10.0
 
-    datamodule = getattr(task.trainer, "datamodule", None) if task._trainer is not None else None
-    return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)
+
+def paste_into_frame(pred: torch.Tensor, window: torch.Tensor | None, size: Sequence[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, h, w) depth -> (N, H, W) frame of ``size`` with each image upsampled bilinearly onto its
+    ``window`` (N, 4) = (top, bottom, left, right) in frame pixels (None: the whole frame), and the mask of the
+    pixels it covers; the rest of the frame is 0 and not covered."""
+    height, width = int(size[0]), int(size[1])
+    frame = pred.new_zeros(len(pred), height, width)
+    covered = torch.zeros(len(pred), height, width, dtype=torch.bool, device=pred.device)
+    for i in range(len(pred)):
+        top, bottom, left, right = ((0, height, 0, width) if window is None
+                                    else (int(round(float(v))) for v in window[i]))
+        frame[i, top:bottom, left:right] = F.interpolate(pred[i][None, None].float(), size=(bottom - top, right - left),
+                                                         mode="bilinear", align_corners=False)[0, 0]
+        covered[i, top:bottom, left:right] = True
+    return frame, covered
+
+
+def stored_label_maps(dataset) -> Iterator[np.ndarray]:
+    """Every sample's label map as stored on disk (before resizing and augmentation), in dataset order: read
+    straight from ``labels/*.png`` for the folder format, else from the dataset's untransformed ``load`` with
+    only the labels requested (NYU's .mat file). A ``torch.utils.data.Subset`` is followed to its samples."""
+    indices: Sequence[int] = range(len(dataset))
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, dataset.indices
+    if isinstance(dataset, DenseFolderDataset):
+        for i in indices:
+            yield read_labels_png(dataset.map_path("semantic", dataset.rgb_paths[i]))
+    elif isinstance(dataset, DenseSampleDataset) and hasattr(dataset, "maps"):
+        labels_only = copy.copy(dataset)  # a view that skips depth and normals (no plane fits for NYU)
+        labels_only.maps, labels_only.derive_normals = ["semantic"], False
+        for i in indices:
+            yield labels_only.load(i).semantic
+    else:
+        raise ConfigError(f"model.init_args.semantic_class_weights: cannot read the stored labels of a "
+                          f"{type(dataset).__name__}; use a DenseFolderDataset or NYUDepthV2Dataset")
 
 
 # ---- trivial baselines -------------------------------------------------------------------------------------------
@@ -445,7 +579,7 @@ def trivial_baselines(train_set, eval_set, targets: Sequence[str], num_classes: 
             n = batch["normals"].permute(0, 2, 3, 1).reshape(-1, 3)
             sums["normals"].append(n[n.norm(dim=1) > 0.5])
         if "semantic" in targets:
-            labels = batch["semantic"][batch["semantic"] != IGNORE_INDEX]
+            labels = batch["semantic"][batch["semantic"] != IGNORE_LABEL]
             counts = torch.bincount(labels.flatten(), minlength=num_classes)
             sums["counts"] = counts if sums["counts"] is None else sums["counts"] + counts
     constant: dict[str, torch.Tensor] = {}

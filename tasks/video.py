@@ -4,9 +4,10 @@
   ``r2plus1d_18``, inflated 2D ResNets (``inflated_resnet50`` with 2D ``weights``), or any 2D backbone,
   which is run on every frame with its outputs averaged over time (``FrameAveraged``: the "2D ConvNet"
   baseline that cannot see motion).
-* Metrics: clip accuracy (each clip on its own) and video accuracy (the softmax averaged over the video's K
-  uniformly spaced clips), top-1 and top-5. The clip and crop counts are part of the names, e.g.
-  ``val/video_acc1_10clips_1crop``; K comes from the DataModule's ``clips_per_video``.
+* Metrics: clip accuracy (each view on its own) and video accuracy (the softmax averaged over all the video's
+  views: K uniformly spaced clips times 1 or 3 crops), top-1 and top-5. The clip and crop counts are part of the
+  names, e.g. ``val/video_acc1_10clips_3crop``; they come from the DataModule's ``clips_per_video`` and
+  ``crops_per_clip``.
 * The paper's feature protocol (Section 3.3/4.1), ``feature_protocol: true``: the backbone (normally C3D with
   pretrained ``weights``) is frozen; each clip's fc6 activations are averaged over the video's clips and
   L2-normalised into a video descriptor, and only a linear classifier on top of it is trained, with the
@@ -245,12 +246,6 @@ class VideoClassificationTask(BaseTask):
         return len(batch["video"])
 
     # ---- pictures ----------------------------------------------------------------------------------------
-    def _normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
-        from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        datamodule = getattr(self.trainer, "datamodule", None)
-        return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)
-
     def clip_strip(self, videos: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor | None,
                    frames_per_row: int = 8) -> np.ndarray:
         """One row per video: frames of its middle clip, captioned with the prediction (green when right)."""
@@ -262,7 +257,7 @@ class VideoClassificationTask(BaseTask):
         names = self.class_names
         for i in range(n):
             frames = clips[i][:, picks].transpose(0, 1)  # (frames, C, H, W)
-            tiles += to_uint8_images(frames.cpu(), *self._normalisation())
+            tiles += to_uint8_images(frames.cpu(), *self.normalisation())
             p = int(probs[i].argmax())
             right = labels is None or int(labels[i]) < 0 or int(labels[i]) == p
             captions += [f"{names[p]} {float(probs[i, p]):.2f}"] + [f"t={int(j)}" for j in picks[1:]]

@@ -14,9 +14,11 @@ oriented towards the camera. A horizontal flip therefore negates x, and rotating
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +27,13 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .image_folder import DataError, read_rgb
+from ..constants import IGNORE_LABEL  # defined once for data, losses, metrics and pictures
+from .image_folder import DataError, exif_orientation, read_rgb
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
-IGNORE_LABEL = 255
 MAP_FOLDERS = {"depth": "depth", "normals": "normals", "semantic": "labels"}
 
 
@@ -68,20 +70,33 @@ def read_intrinsics(path: str | os.PathLike) -> Intrinsics:
 
 # ---- map files --------------------------------------------------------------------------------------------------
 def _read_array(path: str | os.PathLike) -> np.ndarray:
+    """The map's pixels as displayed: its EXIF orientation applied, as ``read_rgb`` does for the image, so a
+    map that carries the same tag as its image stays aligned with it (``check_orientations``)."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image)
+            return np.asarray(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot decode image ({err})") from err
 
 
-def read_depth_png(path: str | os.PathLike) -> np.ndarray:
-    """A uint16 millimetre PNG as float32 metres (0 stays 0 = missing)."""
+#: depth PNG units: NYU / the folder format store millimetres (value / 1000 = metres), KITTI's depth
+#: benchmark stores value / 256 = metres (its devkit's ``depth_read``)
+DEPTH_SCALE_MM = 1000.0
+DEPTH_SCALE_KITTI = 256.0
+
+
+def read_depth_png(path: str | os.PathLike, scale: float = DEPTH_SCALE_MM) -> np.ndarray:
+    """A 16-bit depth PNG as float32 metres, ``value / scale`` (1000: millimetres, 256: KITTI); 0 stays 0 =
+    missing. An 8-bit PNG is refused: read as millimetres it would cap every depth at 0.255 m."""
+    if not scale > 0:
+        raise DataError(f"{path}: depth_scale must be positive, got {scale}")
     array = _read_array(path)
-    if array.ndim != 2 or array.dtype not in (np.uint16, np.int32, np.uint8):
-        raise DataError(f"{path}: depth must be a single-channel 16-bit PNG in millimetres, got "
-                        f"{array.dtype} with shape {array.shape}")
-    return array.astype(np.float32) / 1000.0
+    if array.ndim != 2 or array.dtype not in (np.uint16, np.int32):
+        raise DataError(f"{path}: depth must be a single-channel 16-bit PNG (value / {scale:g} = metres), got "
+                        f"{array.dtype} with shape {array.shape}"
+                        + ("; an 8-bit PNG cannot hold depth (at most 255 units): was it saved as a "
+                           "visualisation?" if array.dtype == np.uint8 else ""))
+    return array.astype(np.float32) / np.float32(scale)
 
 
 def write_depth_png(depth_m: np.ndarray, path: str | os.PathLike) -> None:
@@ -108,11 +123,23 @@ def decode_normals(rgb: np.ndarray) -> np.ndarray:
     return np.where(missing, 0.0, normals / np.maximum(length, 1e-6)).astype(np.float32)
 
 
+# The linear part, in x-right/y-down image coordinates, of the turn or mirror PIL's ``exif_transpose`` applies
+# for each EXIF orientation (2 mirror, 3 turn 180, 4 flip, 5 transpose, 6 turn 90 clockwise, 7 transverse,
+# 8 turn 90 counter-clockwise). Normals' (x, y) turn with the pixels, as in ``rotate_normals``/``hflip_sample``.
+_EXIF_NORMAL_TURNS = {2: ((-1, 0), (0, 1)), 3: ((-1, 0), (0, -1)), 4: ((1, 0), (0, -1)), 5: ((0, 1), (1, 0)),
+                      6: ((0, -1), (1, 0)), 7: ((0, -1), (-1, 0)), 8: ((0, 1), (-1, 0))}
+
+
 def read_normals_png(path: str | os.PathLike) -> np.ndarray:
+    """Normals as displayed: with an EXIF orientation the pixels are turned and so are the vectors' (x, y)."""
     array = _read_array(path)
     if array.ndim != 3 or array.shape[-1] < 3:
         raise DataError(f"{path}: normals must be an RGB PNG, got shape {array.shape}")
-    return decode_normals(array[..., :3])
+    normals = decode_normals(array[..., :3])
+    turn = _EXIF_NORMAL_TURNS.get(exif_orientation(path) or 1)
+    if turn is not None:
+        normals[..., :2] = normals[..., :2] @ np.asarray(turn, dtype=np.float32).T
+    return normals
 
 
 def read_labels_png(path: str | os.PathLike) -> np.ndarray:
@@ -189,6 +216,65 @@ def normals_from_depth(depth: np.ndarray, intrinsics: Intrinsics = NYU_INTRINSIC
     normals = normals * towards_camera
     normals[~(valid & (count >= min_points))] = 0.0
     return normals.astype(np.float32)
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """What a cache keys a source file by (as the video frame cache, ``FrameStore``): its absolute path, size
+    and modification time, so an edited or replaced file is never served stale results."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+class NormalsCache:
+    """Normals from depth (``normals_from_depth``) computed once per sample and kept on disk as ``.npy``.
+
+    The plane fits take about 1.7 s per 640x480 frame; done on every visit they starve any GPU. An entry is
+    keyed by the depth's source (``file_identity`` plus whatever selects the depth inside it) and every
+    parameter the normals depend on (intrinsics, window, min_points, max_relative_step), so an edited depth
+    file or other parameters compute them again. An entry is written to a temporary file and renamed into
+    place (``os.replace`` is atomic), so a reader -- another DataLoader worker, or the next run after one was
+    killed mid-write -- never sees a half-written file; a damaged or mismatched entry is recomputed.
+    """
+
+    version = 1
+
+    def __init__(self, cache_dir: str | os.PathLike, intrinsics: Intrinsics = NYU_INTRINSICS, *, window: int = 7,
+                 min_points: int = 6, max_relative_step: float | None = 0.05):
+        self.cache_dir = Path(cache_dir)
+        self.intrinsics = intrinsics
+        self.params = {"window": window, "min_points": min_points, "max_relative_step": max_relative_step}
+
+    def path_for(self, source: str) -> Path:
+        key = f"v{self.version}|{source}|{self.intrinsics}|{sorted(self.params.items())}"
+        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+
+    def _load(self, path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+        try:
+            normals = np.load(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError):
+            return None  # a damaged entry is recomputed (and replaced), never trusted
+        return normals if normals.shape == shape and normals.dtype == np.float32 else None
+
+    def __call__(self, depth: np.ndarray, source: str) -> np.ndarray:
+        """The normals of ``depth``, which ``source`` identifies (e.g. ``file_identity(depth_path)``)."""
+        path = self.path_for(source)
+        normals = self._load(path, depth.shape + (3,))
+        if normals is not None:
+            return normals
+        normals = normals_from_depth(depth, self.intrinsics, **self.params)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy")
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            np.save(tmp, normals)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"{self.cache_dir}: cannot write the normals cache ({err}); set normals_cache_dir to "
+                            f"a writable folder, or cache_normals: false") from err
+        return normals
 
 
 # ---- joint augmentation -------------------------------------------------------------------------------------
@@ -368,6 +454,21 @@ def check_sample(sample: DenseSample, name: str, num_classes: int | None = None)
 
 
 # ---- the folder dataset -------------------------------------------------------------------------------------
+def check_orientations(rgb_path: Path, map_paths) -> None:
+    """The image is read as displayed (``read_rgb`` applies its EXIF orientation), and so is each map; they
+    stay aligned only when both carry the same tag. A phone photo tagged "rotate 90" next to an untagged map
+    is ambiguous (the map may follow the stored or the displayed pixels) and, for a square image, would be
+    silently misaligned: refuse it, naming both files."""
+    image_tag = exif_orientation(rgb_path) or 1
+    for path in map_paths:
+        map_tag = exif_orientation(path) or 1
+        if map_tag != image_tag:
+            raise DataError(f"{rgb_path}: EXIF orientation {image_tag} but its map {path} has orientation "
+                            f"{map_tag}; the image is read as displayed, so the map would not line up with it. "
+                            f"Give the map the same orientation tag, or save the image with its pixels "
+                            f"rotated and no tag")
+
+
 def read_class_names(root: str | os.PathLike) -> list[str] | None:
     path = Path(root) / "classes.txt"
     if not path.is_file():
@@ -412,12 +513,19 @@ class DenseFolderDataset(DenseSampleDataset):
         normals_from_depth: when ``normals`` are requested and the folder has none, compute them from depth
             (``normals_from_depth``) with ``intrinsics`` (default: ``root/camera.json``, else NYU's).
         mean, std: image normalisation.
+        depth_scale: depth PNG value / ``depth_scale`` = metres (1000: millimetres, the default; 256: KITTI).
+        cache_normals, normals_cache_dir: keep the normals computed from depth on disk (``NormalsCache``), in
+            ``normals_cache_dir`` (default ``split_dir/.normals_cache``), so each is computed once.
+
+    Maps are read as displayed, like the image (EXIF orientation applied); an image and its maps must carry
+    the same orientation tag, otherwise a DataError names both files.
     """
 
     def __init__(self, split_dir: str | os.PathLike, maps: Sequence[str] | None = None, transform=None,
                  num_classes: int | None = None, normals_from_depth: bool = True,
                  intrinsics: Intrinsics | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+                 std: Sequence[float] = IMAGENET_STD, depth_scale: float = DEPTH_SCALE_MM,
+                 cache_normals: bool = True, normals_cache_dir: str | os.PathLike | None = None):
         self.split_dir = Path(split_dir)
         rgb_dir = self.split_dir / "rgb"
         if not rgb_dir.is_dir():
@@ -442,6 +550,12 @@ class DenseFolderDataset(DenseSampleDataset):
             camera = self.split_dir.parent / "camera.json"
             intrinsics = read_intrinsics(camera) if camera.is_file() else NYU_INTRINSICS
         self.intrinsics = intrinsics
+        if not depth_scale > 0:
+            raise DataError(f"depth_scale must be positive (1000 for millimetres, 256 for KITTI), got {depth_scale}")
+        self.depth_scale = float(depth_scale)
+        self.normals_cache = None
+        if self.derive_normals and cache_normals:
+            self.normals_cache = NormalsCache(normals_cache_dir or self.split_dir / ".normals_cache", intrinsics)
         self.transform, self.num_classes = transform, num_classes
         self.mean, self.std = tuple(mean), tuple(std)
 
@@ -454,18 +568,26 @@ class DenseFolderDataset(DenseSampleDataset):
     def load(self, index: int) -> DenseSample:
         rgb_path = self.rgb_paths[index]
         sample = DenseSample(read_rgb(rgb_path))
-        readers = {"depth": read_depth_png, "normals": read_normals_png, "semantic": read_labels_png}
+        readers = {"depth": lambda p: read_depth_png(p, self.depth_scale), "normals": read_normals_png,
+                   "semantic": read_labels_png}
         wanted = set(self.maps) | ({"depth"} if self.derive_normals else set())
+        paths = {}
         for key in wanted:
             if key == "normals" and self.derive_normals:
                 continue
-            path = self.map_path(key, rgb_path)
-            if not path.is_file():
-                raise DataError(f"{rgb_path.stem} ({self.split_dir}): {path} is missing")
+            paths[key] = self.map_path(key, rgb_path)
+            if not paths[key].is_file():
+                raise DataError(f"{rgb_path.stem} ({self.split_dir}): {paths[key]} is missing")
+        check_orientations(rgb_path, paths.values())
+        for key, path in paths.items():
             setattr(sample, key, readers[key](path))
         check_sample(sample, f"sample {rgb_path.stem} ({rgb_path})", self.num_classes)
         if self.derive_normals:
-            sample.normals = normals_from_depth(sample.depth, self.intrinsics)
+            if self.normals_cache is None:
+                sample.normals = normals_from_depth(sample.depth, self.intrinsics)
+            else:
+                source = f"{file_identity(paths['depth'])}|scale={self.depth_scale}"
+                sample.normals = self.normals_cache(sample.depth, source)
             if "depth" not in self.maps:
                 sample.depth = None
         return sample

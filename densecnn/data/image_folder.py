@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 
 from densecnn.errors import UserError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+#: what the datasets read: torchvision ImageFolder's extensions plus ``.jfif`` (JPEG) and ``.gif`` (its first frame)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 class DataError(UserError):
@@ -23,12 +24,35 @@ class DataError(UserError):
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """An image file as uint8 HxWx3, as it is displayed: its EXIF orientation (a phone photo's "rotate 90"
     tag) applied, so every task sees the pixels, the size and the box coordinates a viewer or annotation tool
-    shows. A file that cannot be decoded raises DataError naming it."""
+    shows. A 16-bit greyscale file is scaled to 8 bits (``grey_to_uint8``), an animated GIF gives its first
+    frame. A file that cannot be decoded raises DataError naming it."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        with Image.open(path) as image:  # a GIF opens on its first frame
+            image = ImageOps.exif_transpose(image)
+            if image.mode in WIDE_GREY_MODES:
+                return np.repeat(grey_to_uint8(image)[..., None], 3, axis=2)
+            return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot decode image ({err})") from err
+
+
+#: Pillow modes of one channel wider than 8 bits: 16-bit greyscale (PNG, TIFF, PGM), 32-bit integer and float
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def grey_to_uint8(image: Image.Image) -> np.ndarray:
+    """A wide greyscale image as uint8 HxW. Pillow's ``convert("RGB")`` clips such values at 255, which turns
+    a 16-bit picture white. 16-bit data maps 0..65535 onto 0..255 as ``round(v / 257)`` (0 and 65535 land
+    exactly on 0 and 255; torchvision's ``to_dtype(decode_image(...), torch.uint8, scale=True)`` shifts right by
+    8 instead, at most one level apart); 32-bit integer or float data, whose range the file does not state, is
+    divided by its maximum when that exceeds 255 and kept as it is otherwise."""
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))  # a float file's NaN reads as black
+    if image.mode.startswith("I;16"):
+        scale = 257.0
+    else:
+        top = float(values.max(initial=0.0))
+        scale = top / 255.0 if top > 255.0 else 1.0
+    return np.clip(np.rint(values / scale), 0, 255).astype(np.uint8)
 
 
 #: EXIF tag 0x0112, Orientation: 1 = as stored; 5-8 turn the image by a quarter (width and height swap)
@@ -62,6 +86,14 @@ def find_classes(split_dir: Path) -> list[str]:
     return classes
 
 
+def split_image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The folder's image files by suffix (sorted), and its other files, which the dataset skips with a
+    warning. Hidden files (``.DS_Store``) and sub-folders are neither."""
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    return ([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES],
+            [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES])
+
+
 class ImageFolderDataset(Dataset):
     """Samples ``{"image": CHW float tensor, "label": int, "path": str}`` from ``split_dir/<class>/*``.
 
@@ -85,13 +117,19 @@ class ImageFolderDataset(Dataset):
                             f"(classes: {self.class_names})")
         self.transform = transform
         per_class: list[list[tuple[str, int]]] = []
+        skipped: list[Path] = []
         for class_name in own_classes:
             folder = self.split_dir / class_name
-            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files, others = split_image_files(folder)
+            skipped += others
             if not files:
                 raise DataError(f"{folder}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             label = self.class_names.index(class_name)
             per_class.append([(str(p), label) for p in files])
+        if skipped:
+            warnings.warn(f"{self.split_dir}: skipping {len(skipped)} file(s) whose suffix is not an image type "
+                          f"({', '.join(IMAGE_SUFFIXES)}): {', '.join(str(p) for p in skipped[:5])}"
+                          + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
         # Round-robin over classes: an unshuffled evaluation batch (and its logged picture) shows every class.
         longest = max(len(files) for files in per_class)
         self.samples: list[tuple[str, int]] = [files[i] for i in range(longest) for files in per_class
@@ -113,7 +151,7 @@ class ImageFolderDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image=image)["image"]
         else:
-            image = torch.from_numpy(image).permute(2, 0, 1).float().div(255)
+            image = torch.tensor(image).permute(2, 0, 1).float().div(255)  # Pillow's arrays are read-only
         return {"image": image, "label": label, "path": path}
 
     @property

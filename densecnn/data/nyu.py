@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
+import torch
 
-from .dense import NYU_INTRINSICS, DenseSample, DenseSampleDataset, check_sample, normals_from_depth
+from .dense import (NYU_INTRINSICS, DenseAugment, DenseSample, DenseSampleDataset, NormalsCache, check_sample,
+                    file_identity, normals_from_depth, sample_to_tensors)
 from .image_folder import DataError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -151,6 +153,24 @@ def label_lookup(classes: str, mapping: np.ndarray | None) -> tuple[np.ndarray, 
     return np.where(ids > 0, ids - 1, IGNORE).astype(np.int64), names
 
 
+def source_window(transform, height: int, width: int) -> tuple[float, float, float, float] | None:
+    """The part of a ``height`` x ``width`` source frame that an evaluation transform's output covers, as
+    (top, bottom, left, right) in source pixels; None for a random (training) transform, whose output has no
+    fixed place. ``DenseAugment(train=False)`` resizes to ``size`` and, with ``eval_crop``, takes the centre
+    ``crop_size`` exactly as ``DenseAugment._centre_crop`` does (same offsets)."""
+    if transform is None:
+        return 0.0, float(height), 0.0, float(width)
+    if not isinstance(transform, DenseAugment) or transform.train:
+        return None
+    rh, rw = transform.size
+    top, left, ch, cw = 0, 0, rh, rw
+    if transform.eval_crop:
+        ch, cw = min(transform.crop_size[0], rh), min(transform.crop_size[1], rw)
+        top, left = max((rh - ch) // 2, 0), max((rw - cw) // 2, 0)
+    sy, sx = height / rh, width / rw
+    return top * sy, (top + ch) * sy, left * sx, (left + cw) * sx
+
+
 class NYUDepthV2Dataset(DenseSampleDataset):
     """Frames of the labeled NYU Depth v2 file as ``{"image", "depth", "normals", "semantic", "name", "path"}``.
 
@@ -162,13 +182,23 @@ class NYUDepthV2Dataset(DenseSampleDataset):
             least-squares plane fits, ``normals_from_depth``, with NYU's intrinsics).
         depth_key: ``depths`` (the in-painted maps, the usual evaluation target) or ``rawDepths`` (with holes).
         transform: a ``DenseAugment``.
+        full_depth: also return ``depth_full``, the frame's depth at the file's full 480x640 resolution before
+            any resizing, and ``depth_window``, the (top, bottom, left, right) of that frame the transformed
+            sample covers (``source_window``), for the standard evaluation protocol (Eigen et al. 2014 as in
+            BTS / monodepth2: the prediction upsampled to the full-resolution ground truth). Evaluation
+            transforms only; every non-random transform also returns ``depth_window`` with ``depth``.
+        cache_normals, normals_cache_dir: keep the normals computed from depth on disk (``NormalsCache``,
+            default ``<folder of mat_path>/.normals_cache``), keyed by the file's identity, ``depth_key`` and
+            frame, so each frame's plane fits (~1.7 s) run once.
     """
 
     def __init__(self, mat_path: str | os.PathLike, split: Literal["train", "test", "all"] = "train", *,
                  splits_file: str | os.PathLike | None = None, classes: Literal["13", "40", "894"] = "40",
                  mapping_file: str | os.PathLike | None = None, maps: Sequence[str] = ("depth", "normals", "semantic"),
                  depth_key: Literal["depths", "rawDepths"] = "depths", transform=None,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 full_depth: bool = False, cache_normals: bool = True,
+                 normals_cache_dir: str | os.PathLike | None = None):
         import h5py
 
         self.mat_path = Path(mat_path)
@@ -198,6 +228,14 @@ class NYUDepthV2Dataset(DenseSampleDataset):
         self.num_classes = {"13": 13, "40": 40, "894": 894}[classes]
         self.maps, self.depth_key, self.transform = list(maps), depth_key, transform
         self.mean, self.std = tuple(mean), tuple(std)
+        if full_depth and ("depth" not in self.maps or source_window(transform, 1, 1) is None):
+            raise DataError(f"{self.mat_path}: full_depth (the standard evaluation protocol) needs the 'depth' map "
+                            f"and a non-random evaluation transform (maps: {self.maps})")
+        self.full_depth = full_depth
+        self.normals_cache = None
+        if "normals" in self.maps and cache_normals:
+            self.normals_cache = NormalsCache(normals_cache_dir or self.mat_path.parent / ".normals_cache",
+                                              NYU_INTRINSICS)
         self._file = None
 
     def __getstate__(self):  # h5py handles do not cross process boundaries: each worker opens its own
@@ -229,10 +267,30 @@ class NYUDepthV2Dataset(DenseSampleDataset):
             sample.semantic = self.lookup[raw]
         check_sample(sample, f"{self.mat_path} frame {frame + 1}", self.num_classes)
         if "normals" in self.maps:
-            sample.normals = normals_from_depth(sample.depth, NYU_INTRINSICS)
+            if self.normals_cache is None:
+                sample.normals = normals_from_depth(sample.depth, NYU_INTRINSICS)
+            else:
+                source = f"{file_identity(self.mat_path)}#{self.depth_key}#{frame}"
+                sample.normals = self.normals_cache(sample.depth, source)
         if "depth" not in self.maps:
             sample.depth = None
         return sample
+
+    def __getitem__(self, index: int) -> dict:
+        """As ``DenseSampleDataset``'s, plus ``depth_window`` (and ``depth_full`` with ``full_depth``) for
+        evaluation transforms; the full-resolution depth is taken before the transform resizes it."""
+        sample = self.load(index)
+        frame_depth = sample.depth
+        if self.transform is not None:
+            sample = self.transform(sample)
+        out = sample_to_tensors(sample, self.mean, self.std)
+        out["name"], out["path"] = self.sample_id(index)
+        window = source_window(self.transform, *frame_depth.shape) if frame_depth is not None else None
+        if window is not None:
+            out["depth_window"] = torch.tensor(window, dtype=torch.float32)
+        if self.full_depth:
+            out["depth_full"] = torch.from_numpy(np.ascontiguousarray(frame_depth, dtype=np.float32))
+        return out
 
     def sample_id(self, index: int) -> tuple[str, str]:
         frame = int(self.indices[index]) + 1

@@ -3,20 +3,25 @@
 * Splits: UCF101's lists (``classInd.txt``, ``trainlistNN.txt``, ``testlistNN.txt``, in ``root`` or
   ``root/ucfTrainTestlist``) when present, otherwise a deterministic split (``video_splits``).
 * Decoding (``decode_video``): every frame, converted to RGB and resized by swscale to ``resize`` (C3D's
-  128x171, Tran et al. Section 3.2); optionally cached on disk as ``.npy`` (``cache_dir``), so later epochs
+  128x171, Tran et al. Section 3.2; an int scales the short side and keeps the aspect ratio); optionally cached on disk as ``.npy`` (``cache_dir``), so later epochs
   read the resized frames instead of decoding again.
 * Clips: ``clip_len`` frames taken every ``frame_stride`` frames. Training draws one random clip per video
   per visit; evaluation takes ``clips_per_video`` uniformly spaced clips (their starts evenly spread from the
   first possible start to the last), and the video's prediction is the softmax averaged over them.
+* Views: ``crops_per_clip=3`` cuts three ``crop_size`` squares from every clip, at the start, centre and end of
+  the frame's long side and centred on its short side (C3D / MMAction2's ``ThreeCrop``), before the transform;
+  a video then has ``clips_per_video * 3`` views and its prediction averages the softmax over all of them.
 * Videos shorter than a clip's span (``(clip_len - 1) * frame_stride + 1`` frames) follow
   ``short_video_policy``: ``loop`` (default) plays the video again from its first frame; ``pad`` repeats the
   last frame. Either way every clip has ``clip_len`` frames.
 * Augmentation: one albumentations pipeline applied to all frames of a clip at once (the ``images`` target),
   so the crop, flip and colour change are the same for every frame and motion is preserved.
-* Randomness: the clip start and the augmentation of a training sample come from one seed drawn from torch's
-  generator, so ``seed_everything`` (and Lightning's per-worker seeding) makes runs repeat exactly;
-  evaluation is deterministic by construction.
-* Bad input: an unreadable, empty or truncated file raises ``DataError`` naming it, or with
+* Randomness: each item draws one seed from torch's generator (which ``SeededDataset`` seeds from run seed,
+  epoch and index, ``densecnn.data.seeding``); the random clip start and a separate augmentation seed for every
+  clip of the item come from it. So every clip of every video in every epoch gets its own crop and flip (with
+  ``uniform`` sampling too), and runs repeat exactly; evaluation transforms draw nothing.
+* Bad input: a header announcing a frame or two more than decode is tolerated with a warning
+  (``check_frame_count``); an unreadable, empty or truncated file raises ``DataError`` naming it, or with
   ``skip_corrupt=True`` is dropped with a warning when the dataset is built (each file is decoded once to
   check it, which the cache then reuses); a class folder without videos is an error.
 """
@@ -43,16 +48,56 @@ C3D_RESIZE = (128, 171)
 
 
 # ---- decoding and caching ------------------------------------------------------------------------------------
-def decode_video(path: str | os.PathLike, resize: Sequence[int] | None = C3D_RESIZE) -> np.ndarray:
-    """All frames of ``path`` as (T, H, W, 3) uint8 RGB, resized to ``resize`` = (H, W) unless None.
+# A file may decode a frame or two fewer than its header announces: some encoders count frames they never
+# write or that the decoder drops (PyAV issue 976). A shortfall up to this many frames, or this fraction of the
+# announced count when that is larger, is tolerated with a warning; more is a truncated file.
+FRAME_SHORTFALL_FRAMES = 2
+FRAME_SHORTFALL_FRACTION = 0.01
+
+
+def resized_shape(height: int, width: int, resize: int | Sequence[int] | None) -> tuple[int, int]:
+    """The (H, W) a frame of ``height`` x ``width`` is resized to: ``resize`` = (H, W) as given; an int scales the
+    short side to it and keeps the aspect ratio (rounded half up: 240x320 -> 128 gives C3D's 128x171); None keeps
+    the size."""
+    if resize is None:
+        return height, width
+    if isinstance(resize, (int, np.integer)):
+        scale = int(resize) / min(height, width)
+        return int(height * scale + 0.5), int(width * scale + 0.5)
+    return int(resize[0]), int(resize[1])
+
+
+def announced_frames(stream: av.video.stream.VideoStream) -> int:
+    """The frame count the container header announces for ``stream`` (0 when it does not say)."""
+    return int(stream.frames or 0)
+
+
+def check_frame_count(path: str | os.PathLike, announced: int, decoded: int) -> None:
+    """Raise DataError when fewer than ``announced`` frames decoded by more than the tolerated shortfall
+    (``FRAME_SHORTFALL_FRAMES`` or ``FRAME_SHORTFALL_FRACTION`` of ``announced``); warn, naming the file, for a
+    smaller shortfall."""
+    missing = announced - decoded
+    if not announced or missing <= 0:
+        return
+    tolerated = max(FRAME_SHORTFALL_FRAMES, int(FRAME_SHORTFALL_FRACTION * announced))
+    if missing > tolerated:
+        raise DataError(f"{path}: truncated video: its header announces {announced} frames but only {decoded} "
+                        f"decode")
+    warnings.warn(f"{path}: its header announces {announced} frames but {decoded} decode; using the {decoded} "
+                  f"frames (a shortfall of up to {tolerated} frames is normal with some encoders)", stacklevel=3)
+
+
+def decode_video(path: str | os.PathLike, resize: int | Sequence[int] | None = C3D_RESIZE) -> np.ndarray:
+    """All frames of ``path`` as (T, H, W, 3) uint8 RGB, resized to ``resize`` (see ``resized_shape``: (H, W), or
+    an int for the short side) unless None.
 
     Raises DataError naming the file when it cannot be opened, has no video stream or frames, or is
-    truncated (fewer frames decode than its header announces, or decoding fails part-way).
+    truncated (decoding fails part-way, or fewer frames decode than its header announces by more than
+    ``check_frame_count`` tolerates).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: video file not found")
-    size = {} if resize is None else {"height": int(resize[0]), "width": int(resize[1])}
     frames: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
@@ -60,17 +105,19 @@ def decode_video(path: str | os.PathLike, resize: Sequence[int] | None = C3D_RES
                 raise DataError(f"{path}: no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            announced = stream.frames
+            announced = announced_frames(stream)
+            size: dict[str, int] | None = None
             for frame in container.decode(stream):
+                if size is None:
+                    height, width = resized_shape(frame.height, frame.width, resize)
+                    size = {} if resize is None else {"height": height, "width": width}
                 frames.append(frame.to_ndarray(format="rgb24", **size))
     except av.FFmpegError as err:
         where = f" after {len(frames)} frames" if frames else ""
         raise DataError(f"{path}: cannot decode video{where}; the file is corrupt or truncated ({err})") from err
     if not frames:
         raise DataError(f"{path}: holds no decodable video frames (corrupt or truncated file)")
-    if announced and len(frames) < announced:
-        raise DataError(f"{path}: truncated video: its header announces {announced} frames but only "
-                        f"{len(frames)} decode")
+    check_frame_count(path, announced, len(frames))
     return np.stack(frames)
 
 
@@ -82,8 +129,8 @@ class FrameStore:
     the same video at once).
     """
 
-    def __init__(self, resize: Sequence[int] | None = C3D_RESIZE, cache_dir: str | os.PathLike | None = None):
-        self.resize = tuple(resize) if resize is not None else None
+    def __init__(self, resize: int | Sequence[int] | None = C3D_RESIZE, cache_dir: str | os.PathLike | None = None):
+        self.resize = resize if resize is None or isinstance(resize, (int, np.integer)) else tuple(resize)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -141,6 +188,16 @@ def uniform_starts(num_frames: int, span: int, num_clips: int) -> np.ndarray:
 
 def random_start(rng: np.random.Generator, num_frames: int, span: int) -> int:
     return int(rng.integers(0, max(num_frames - span, 0) + 1))
+
+
+def three_crop_offsets(height: int, width: int, crop_size: int) -> list[tuple[int, int]]:
+    """(top, left) of C3D / MMAction2 ``ThreeCrop`` views: ``crop_size`` squares at the start, centre and end of
+    the long side, centred on the short side (left, centre, right for a landscape frame)."""
+    if min(height, width) < crop_size:
+        raise ValueError(f"frames of {height}x{width} are smaller than crop_size {crop_size}")
+    along = [0, (max(height, width) - crop_size) // 2, max(height, width) - crop_size]
+    across = (min(height, width) - crop_size) // 2
+    return [(across, a) if width >= height else (a, across) for a in along]
 
 
 # ---- discovery and splits --------------------------------------------------------------------------------------
@@ -266,7 +323,9 @@ class VideoClipDataset(Dataset):
 
     ``sampling="random"``: item i is one random clip of video i, ``{"video": (C, T, H, W), "label", "path",
     "index", "starts": (1,)}``. ``sampling="uniform"``: item i holds video i's ``clips_per_video`` uniformly
-    spaced clips, ``"video": (K, C, T, H, W)`` and ``"starts": (K,)``.
+    spaced clips, ``"video": (K, C, T, H, W)`` and ``"starts": (K,)``; with ``crops_per_clip=3`` each clip gives
+    three views (clip-major: clip 0's left, centre, right, then clip 1's ...), ``"video": (3K, C, T, H, W)``,
+    ``"starts": (3K,)`` and ``"crops": (3K, 2)``, each view's (top, left) in the decoded frames.
 
     Args:
         samples: ``(path, label)`` pairs (label -1 for unlabelled videos).
@@ -274,17 +333,24 @@ class VideoClipDataset(Dataset):
             on a clip's (T, H, W, 3) frames; None gives float tensors in [0, 1].
         frames: where decoded frames come from (resize, optional disk cache).
         seed: fixes the random clips and augmentations of item i regardless of torch's generator (tests,
-            benchmarks); None (default) draws each sample's seed from torch, which ``seed_everything``
-            controls.
+            benchmarks); None (default) draws each sample's seed from torch, which ``SeededDataset`` (or
+            ``seed_everything``) controls.
+        crops_per_clip: 1 (the transform crops) or 3 (``three_crop_offsets`` views of ``crop_size``, cut before
+            the transform; ``uniform`` sampling only, the test protocol).
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], *, clip_len: int = 16, frame_stride: int = 1,
                  sampling: Literal["random", "uniform"] = "random", clips_per_video: int = 10,
                  transform: Callable | None = None, frames: FrameStore | None = None,
-                 short_video_policy: ShortVideoPolicy = "loop", skip_corrupt: bool = False, seed: int | None = None):
+                 short_video_policy: ShortVideoPolicy = "loop", skip_corrupt: bool = False, seed: int | None = None,
+                 crops_per_clip: int = 1, crop_size: int | None = None):
         if clip_len < 1 or frame_stride < 1 or clips_per_video < 1:
             raise ValueError(f"clip_len ({clip_len}), frame_stride ({frame_stride}) and clips_per_video "
                              f"({clips_per_video}) must be positive")
+        if crops_per_clip not in (1, 3):
+            raise ValueError(f"crops_per_clip must be 1 or 3 (left/centre/right), got {crops_per_clip}")
+        if crops_per_clip == 3 and (sampling != "uniform" or not crop_size):
+            raise ValueError("crops_per_clip=3 needs sampling='uniform' and a crop_size")
         if sampling not in ("random", "uniform"):
             raise ValueError(f"sampling must be 'random' or 'uniform', got {sampling!r}")
         if short_video_policy not in ("loop", "pad"):
@@ -296,6 +362,7 @@ class VideoClipDataset(Dataset):
         self.frames = frames or FrameStore()
         self.short_video_policy = short_video_policy
         self.seed = seed
+        self.crops_per_clip, self.crop_size = crops_per_clip, crop_size
         if skip_corrupt:
             self._drop_unreadable()
         if not self.samples:
@@ -326,26 +393,42 @@ class VideoClipDataset(Dataset):
             return int(np.random.default_rng([self.seed, index]).integers(2**31 - 1))
         return int(torch.randint(2**31 - 1, ()).item())
 
-    def _clip(self, frames: np.ndarray, start: int, seed: int | None) -> torch.Tensor:
-        clip = np.ascontiguousarray(frames[clip_indices(len(frames), start, self.clip_len, self.frame_stride,
-                                                        self.short_video_policy)])
+    def _clip(self, frames: np.ndarray, start: int, seed: int, crop: tuple[int, int] | None = None) -> torch.Tensor:
+        clip = frames[clip_indices(len(frames), start, self.clip_len, self.frame_stride, self.short_video_policy)]
+        if crop is not None:
+            top, left = crop
+            clip = clip[:, top:top + self.crop_size, left:left + self.crop_size]
+        clip = np.ascontiguousarray(clip)
         if self.transform is None:
             out = torch.from_numpy(clip).permute(0, 3, 1, 2).float().div_(255)
         else:
-            if seed is not None and hasattr(self.transform, "set_random_seed"):
+            if hasattr(self.transform, "set_random_seed"):
                 self.transform.set_random_seed(seed)
             out = self.transform(images=clip)["images"]  # (T, C, H, W), one set of parameters for all frames
         return out.permute(1, 0, 2, 3).contiguous()  # (C, T, H, W), the layout of Conv3d
 
+    def _crops(self, path: str, frames: np.ndarray) -> list[tuple[int, int] | None]:
+        if self.crops_per_clip == 1:
+            return [None]
+        try:
+            return three_crop_offsets(frames.shape[1], frames.shape[2], self.crop_size)
+        except ValueError as err:
+            raise DataError(f"{path}: cannot cut crops_per_clip=3 views: {err}") from err
+
     def __getitem__(self, index: int) -> dict:
         path, label = self.samples[index]
         frames = self.frames.load(path)
+        rng = np.random.default_rng(self._sample_seed(index))
         if self.sampling == "random":
-            seed = self._sample_seed(index)
-            starts = np.array([random_start(np.random.default_rng(seed), len(frames), self.span)])
-            video = self._clip(frames, int(starts[0]), seed)
+            starts = np.array([random_start(rng, len(frames), self.span)])
         else:
             starts = uniform_starts(len(frames), self.span, self.clips_per_video)
-            video = torch.stack([self._clip(frames, int(s), 0) for s in starts])
-        return {"video": video, "label": label, "path": path, "index": index,
-                "starts": torch.from_numpy(starts), "num_frames": len(frames)}
+        crops = self._crops(path, frames)
+        views = [(int(s), c) for s in starts for c in crops]  # clip-major
+        seeds = rng.integers(2**31 - 1, size=len(views))  # its own augmentation draw for every view
+        clips = [self._clip(frames, s, int(seed), c) for (s, c), seed in zip(views, seeds)]
+        item = {"video": clips[0] if self.sampling == "random" else torch.stack(clips), "label": label, "path": path,
+                "index": index, "starts": torch.tensor([s for s, _ in views]), "num_frames": len(frames)}
+        if self.crops_per_clip > 1:
+            item["crops"] = torch.tensor([c for _, c in views])
+        return item

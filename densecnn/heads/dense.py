@@ -83,9 +83,11 @@ class CoarseScale(nn.Module):
     """Scale 1's fully connected part: pool the backbone's deepest map to ``pool_size``, full_s1_6 (4096,
     ReLU, dropout 0.5), full_s1_7 (``channels`` x ``coarse_size`` map, ReLU).
 
-    The paper's scale 1 sees a 304x228 input, so the deepest AlexNet map is already 8x6 (W x H) and the
-    pooling is the identity; for other backbones and input sizes the adaptive pooling fixes the width of
-    full_s1_6 so that any registered backbone works.
+    What is done: the backbone's deepest feature map is average-pooled adaptively to ``pool_size``. For
+    AlexNet that map is conv5 *before* pool5 (``feature_info[-1]`` is ``features.11``), 18x13 (W x H) on the
+    paper's 304x228 input, so this is not the paper's pool5 (a 3x3/2 max-pool, which gives 8x6 there) but an
+    average over overlapping 2-3 pixel cells of conv5 to the same 8x6 grid. For other backbones and input
+    sizes the adaptive pooling fixes the width of full_s1_6 so that any registered backbone works.
     """
 
     def __init__(self, in_channels: int, *, pool_size: tuple[int, int] = (6, 8), hidden: int = 4096,

@@ -7,11 +7,16 @@ depends on the prediction, so backward() works and no NaN ever appears.
 """
 from __future__ import annotations
 
+from typing import Iterable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = 255
+from ..constants import IGNORE_LABEL
+
+IGNORE_INDEX = IGNORE_LABEL  # torch's name for it (``ignore_index``); the value lives in densecnn.constants
 
 
 def valid_depth_mask(depth: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,6 +105,39 @@ def semantic_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
     if not bool((labels != ignore_index).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits, labels, ignore_index=ignore_index, weight=weight)
+
+
+def median_frequency_weights(label_maps: Iterable[np.ndarray | torch.Tensor], num_classes: int, *,
+                             ignore_index: int = IGNORE_LABEL) -> torch.Tensor:
+    """Median-frequency class balancing (Eigen & Fergus, ICCV 2015; SegNet, Badrinarayanan et al. 2017, who
+    take it from them; not in the seed text): ``w_c = median_freq / freq_c`` with ``freq_c`` the pixels of
+    class c divided by the labelled pixels of the images in which c is present, and ``median_freq`` the
+    median of those frequencies.
+
+    ``label_maps``: the training set's (H, W) label maps as stored (not augmented). Ignored pixels belong to no
+    class and count in no denominator. A class that never occurs gets weight 1 (the median class's): it never
+    is a target in training, so its weight only matters if it appears at evaluation. Returns float32 (C,).
+    Raises ValueError naming the map's position when a label is neither below ``num_classes`` nor ignored.
+    """
+    class_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    image_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    for i, labels in enumerate(label_maps):
+        labels = torch.as_tensor(np.asarray(labels)).long().flatten()
+        labels = labels[labels != ignore_index]
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(f"label map {i}: labels outside 0..{num_classes - 1} ({ignore_index} = ignore): "
+                             f"{labels[(labels < 0) | (labels >= num_classes)].unique()[:10].tolist()}")
+        counts = torch.bincount(labels, minlength=num_classes).double()
+        class_pixels += counts
+        image_pixels += (counts > 0) * float(len(labels))
+    present = image_pixels > 0
+    if not bool(present.any()):
+        raise ValueError("median-frequency weights: the label maps hold no labelled pixel")
+    freq = class_pixels[present] / image_pixels[present]
+    weights = torch.ones(num_classes, dtype=torch.float64)
+    # the median proper (the mean of the two middle values for an even count), as numpy.median
+    weights[present] = freq.quantile(0.5) / freq
+    return weights.float()
 
 
 class DepthLoss(nn.Module):

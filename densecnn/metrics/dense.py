@@ -6,17 +6,25 @@ ranks by summing the states). ``update`` does the shared work once per batch and
 
 * ``DepthMetrics``: computed per image, then averaged over images (the NYU protocol of Eigen et al. 2014).
 * ``NormalMetrics``: over all valid pixels of the dataset (the protocol of Fouhey et al. that the paper uses).
-* ``SemanticMetrics``: from the dataset-wide confusion counts (torchmetrics' multiclass metrics).
+* ``SemanticMetrics``: from the dataset-wide confusion counts, with FCN's definitions (``semantic_scores``).
+
+A metric that saw no valid pixel in the whole epoch is ``UNDEFINED`` (-1, COCO's and detection's "undefined"),
+never NaN: every value here is >= 0, so -1 cannot be mistaken for a result, and NaN would break loggers,
+checkpoint monitors and early stopping.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.aggregation import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from ..losses.dense import IGNORE_INDEX, valid_depth_mask, valid_normals_mask
+from ..constants import IGNORE_LABEL
+from ..losses.dense import valid_depth_mask, valid_normals_mask
+from .detection import UNDEFINED
+from .tables import mean_row, table_csv, table_markdown
 
 DEPTH_KEYS = ("delta1", "delta2", "delta3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
 NORMAL_KEYS = ("mean", "median", "rmse", "within_11_25", "within_22_5", "within_30")
@@ -28,11 +36,27 @@ NORMAL_THRESHOLDS = {"within_11_25": 11.25, "within_22_5": 22.5, "within_30": 30
 EIGEN_CROP_480x640 = (45, 471, 41, 601)
 
 
-def eigen_crop_mask(height: int, width: int, device=None) -> Tensor:
-    """The Eigen crop as a boolean (H, W) mask, scaled proportionally for maps other than 480x640."""
+#: the whole 480x640 NYU frame as (top, bottom, left, right)
+NYU_FRAME_480x640 = (0, 480, 0, 640)
+
+
+def eigen_crop_mask(height: int, width: int, device=None,
+                    window: Sequence[float] = NYU_FRAME_480x640) -> Tensor:
+    """The Eigen crop as a boolean (H, W) mask for a map that covers ``window`` = (top, bottom, left, right)
+    of the 480x640 frame, in frame pixels (default: the whole frame, i.e. the crop scaled proportionally).
+
+    A centre-cropped evaluation map (``eval_crop``: 228x304 out of 240x320 covers frame rows 12:468 and
+    columns 16:624) has the crop shifted by the window's corner before scaling, so the mask lands on the same
+    frame pixels as rows 45:471, columns 41:601 of the full frame."""
     top, bottom, left, right = EIGEN_CROP_480x640
+    w_top, w_bottom, w_left, w_right = (float(v) for v in window)
+    sy, sx = height / (w_bottom - w_top), width / (w_right - w_left)
+
+    def span(start: float, stop: float, origin: float, scale: float, size: int) -> slice:
+        return slice(min(max(round((start - origin) * scale), 0), size), min(max(round((stop - origin) * scale), 0), size))
+
     mask = torch.zeros(height, width, dtype=torch.bool, device=device)
-    mask[round(top * height / 480):round(bottom * height / 480), round(left * width / 640):round(right * width / 640)] = True
+    mask[span(top, bottom, w_top, sy, height), span(left, right, w_left, sx, width)] = True
     return mask
 
 
@@ -46,7 +70,8 @@ def depth_errors(pred: Tensor, target: Tensor, mask: Tensor | None = None, *, mi
     """Per-image depth errors over valid pixels.
 
     Returns ``(errors, has_pixels)``: ``errors[key]`` holds one value per image with at least one valid pixel
-    (``has_pixels`` marks which), so images without valid ground truth are skipped rather than producing NaN.
+    (``has_pixels`` marks which), so images without valid ground truth are skipped rather than producing NaN
+    (``DepthMetrics`` is ``UNDEFINED``, -1, when no image of the epoch had any).
     A pixel is valid where the ground truth is finite, above ``min_depth``, at most ``max_depth`` (the depth
     cap, 10 m for NYU), inside the Eigen crop when asked, and inside ``mask``. Predictions are clamped to
     ``[min_depth, max_depth]`` as in the reference evaluation code.
@@ -82,11 +107,21 @@ def depth_errors(pred: Tensor, target: Tensor, mask: Tensor | None = None, *, mi
     return {k: v[has] for k, v in errors.items()}, has
 
 
-class _RootMean(MeanMetric):
+class _Mean(MeanMetric):
+    """A mean that is ``UNDEFINED`` (-1), not NaN, when nothing was averaged (no valid pixel or image)."""
+
+    def compute(self) -> Tensor:
+        if self.weight == 0:
+            return torch.tensor(UNDEFINED)
+        return super().compute()
+
+
+class _RootMean(_Mean):
     """sqrt of a mean (an RMSE accumulated as the mean of squares)."""
 
     def compute(self) -> Tensor:
-        return super().compute().sqrt()
+        value = super().compute()
+        return value if self.weight == 0 else value.sqrt()
 
 
 class DepthMetrics(MetricCollection):
@@ -100,6 +135,7 @@ class DepthMetrics(MetricCollection):
       * ``silog``: the scale-invariant error ``sqrt((1/n) sum d^2 - (lambda/n^2) (sum d)^2)`` with
         ``lambda = silog_lambda`` = 1 by default (Eigen et al. 2014's "sc-inv." column) and scale 1, i.e.
         in log units, not multiplied by 100 as KITTI's SILog is.
+    Every key is ``UNDEFINED`` (-1) when no image had a valid pixel.
 
     Args:
         min_depth, max_depth: valid ground-truth range and the clamp for predictions (NYU: 1e-3 and 10 m).
@@ -108,7 +144,7 @@ class DepthMetrics(MetricCollection):
 
     def __init__(self, *, min_depth: float = 1e-3, max_depth: float | None = None, eigen_crop: bool = False,
                  silog_lambda: float = 1.0, prefix: str | None = None):
-        members = {k: MeanMetric() for k in DEPTH_KEYS}
+        members = {k: _Mean() for k in DEPTH_KEYS}
         super().__init__(members, prefix=prefix, compute_groups=False)
         self.options = dict(min_depth=min_depth, max_depth=max_depth, eigen_crop=eigen_crop,
                             silog_lambda=silog_lambda)
@@ -156,7 +192,7 @@ class _HistogramMedian(Metric):
     def compute(self) -> Tensor:
         total = self.hist.sum()
         if total == 0:
-            return torch.tensor(float("nan"))
+            return torch.tensor(UNDEFINED)
         cumulative = self.hist.cumsum(0)
         half = total / 2
         b = int(torch.searchsorted(cumulative, half))
@@ -170,12 +206,13 @@ class NormalMetrics(MetricCollection):
     pixels of the dataset: ``mean``, ``median``, ``rmse`` of the angle to the ground truth and the fraction
     of pixels ``within_11_25`` / ``within_22_5`` / ``within_30`` degrees. A pixel is valid where the
     ground-truth normal is finite and non-zero and ``mask`` allows. The median comes from a 0.01-degree
-    histogram (exact to 0.005 degrees; see ``_HistogramMedian``)."""
+    histogram (exact to 0.005 degrees; see ``_HistogramMedian``). Every key is ``UNDEFINED`` (-1) when no
+    pixel was valid."""
 
     def __init__(self, *, bins_per_degree: int = 100, prefix: str | None = None):
-        members: dict[str, Metric] = {"mean": MeanMetric(), "median": _HistogramMedian(bins_per_degree),
+        members: dict[str, Metric] = {"mean": _Mean(), "median": _HistogramMedian(bins_per_degree),
                                       "rmse": _RootMean()}
-        members.update({k: MeanMetric() for k in NORMAL_THRESHOLDS})
+        members.update({k: _Mean() for k in NORMAL_THRESHOLDS})
         super().__init__(members, prefix=prefix, compute_groups=False)
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:  # type: ignore[override]
@@ -196,21 +233,64 @@ class NormalMetrics(MetricCollection):
             metrics[key].update((angles < threshold).float())
 
 
-class SemanticMetrics(MetricCollection):
-    """Semantic labelling (Table 3 of 1411.4734): ``pixel_acc`` (pixelwise accuracy), ``mean_acc`` (mean of
-    per-class accuracies), ``miou`` (flat mean Jaccard index) and ``fwiou`` (Jaccard index weighted by each
-    class's pixel frequency in the ground truth), all from dataset-wide counts by torchmetrics. Pixels
-    labelled ``ignore_index`` (255) or outside ``mask`` do not count; classes absent from both the ground
-    truth and the predictions are left out of the means."""
+def confusion_counts(labels: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_LABEL) -> Tensor:
+    """(C, C) int64 pixel counts, rows the true class and columns the predicted one, over pixels whose target
+    is not ``ignore_index`` (FCN's ``fast_hist``)."""
+    keep = target != ignore_index
+    index = target[keep].long() * num_classes + labels[keep].long()
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
-    def __init__(self, num_classes: int, *, ignore_index: int = IGNORE_INDEX, prefix: str | None = None):
-        common = dict(num_classes=num_classes, ignore_index=ignore_index, validate_args=False)
-        super().__init__({
-            "pixel_acc": MulticlassAccuracy(average="micro", **common),
-            "mean_acc": MulticlassAccuracy(average="macro", **common),
-            "miou": MulticlassJaccardIndex(average="macro", **common),
-            "fwiou": MulticlassJaccardIndex(average="weighted", **common),
-        }, prefix=prefix, compute_groups=False)
+
+def semantic_scores(confusion: Tensor) -> dict[str, Tensor]:
+    """Long et al.'s ``label_accuracy_score`` (FCN, CVPR 2015, Sec. 5 "Metrics"; ``score.py``) from a (C, C)
+    confusion matrix (rows true): ``pixel_acc``, ``mean_acc``, ``miou``, ``fwiou`` and the per-class
+    ``acc_per_class`` / ``iou_per_class``.
+
+    A class absent from the ground truth has no accuracy (0/0) and is left out of ``mean_acc``, as FCN's
+    ``nanmean`` does; its IoU is 0 when it was predicted (it counts in ``miou``) and undefined when it was not.
+    Undefined per-class values are NaN; scalars over an empty matrix are ``UNDEFINED`` (-1, as detection).
+    """
+    hist = confusion.double()
+    total = hist.sum()
+    if total == 0:
+        nan = torch.full((len(hist),), float("nan"), dtype=torch.float64)
+        return {**{k: torch.tensor(UNDEFINED) for k in SEMANTIC_KEYS}, "acc_per_class": nan, "iou_per_class": nan}
+    diag, gt, pred = hist.diag(), hist.sum(1), hist.sum(0)
+    acc = diag / gt  # NaN where the class never occurs in the ground truth
+    iou = diag / (gt + pred - diag)  # NaN where it occurs in neither
+    freq = gt / total
+    return {"pixel_acc": (diag.sum() / total).float(), "mean_acc": acc.nanmean().float(),
+            "miou": iou.nanmean().float(), "fwiou": (freq[freq > 0] * iou[freq > 0]).sum().float(),
+            "acc_per_class": acc, "iou_per_class": iou}
+
+
+class _SemanticScore(Metric):
+    """One of ``SEMANTIC_KEYS`` from a dataset-wide confusion matrix (summed across DDP ranks)."""
+
+    full_state_update = False
+
+    def __init__(self, key: str, num_classes: int, ignore_index: int = IGNORE_LABEL, **kwargs):
+        super().__init__(**kwargs)
+        self.key, self.num_classes, self.ignore_index = key, num_classes, ignore_index
+        self.add_state("confusion", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, labels: Tensor, target: Tensor) -> None:
+        self.confusion += confusion_counts(labels, target, self.num_classes, self.ignore_index)
+
+    def compute(self) -> Tensor:
+        return semantic_scores(self.confusion)[self.key]
+
+
+class SemanticMetrics(MetricCollection):
+    """Semantic labelling (Table 3 of 1411.4734) with FCN's definitions (``semantic_scores``): ``pixel_acc``
+    (pixelwise accuracy), ``mean_acc`` (mean of per-class accuracies over the classes present in the ground
+    truth), ``miou`` (flat mean Jaccard index) and ``fwiou`` (Jaccard index weighted by each class's pixel
+    frequency in the ground truth), all from dataset-wide confusion counts. Pixels labelled ``ignore_index``
+    (255) or outside ``mask`` do not count; every value is -1 (undefined) when no pixel was labelled."""
+
+    def __init__(self, num_classes: int, *, ignore_index: int = IGNORE_LABEL, prefix: str | None = None):
+        super().__init__({k: _SemanticScore(k, num_classes, ignore_index) for k in SEMANTIC_KEYS},
+                         prefix=prefix, compute_groups=False)
         self.ignore_index = ignore_index
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:  # type: ignore[override]
@@ -220,7 +300,7 @@ class SemanticMetrics(MetricCollection):
 
     @staticmethod
     def update_members(members: dict[str, Metric], pred: Tensor, target: Tensor, mask: Tensor | None = None, *,
-                       ignore_index: int = IGNORE_INDEX) -> None:
+                       ignore_index: int = IGNORE_LABEL) -> None:
         """Feed members keyed as ``SEMANTIC_KEYS``."""
         labels = pred.argmax(1) if pred.dim() == 4 else pred
         target = target.long()
@@ -228,3 +308,40 @@ class SemanticMetrics(MetricCollection):
             target = torch.where(mask.bool(), target, torch.full_like(target, ignore_index))
         for metric in members.values():
             metric.update(labels, target)
+
+    @staticmethod
+    def synced_confusion(members: dict[str, Metric]) -> Tensor:
+        """The dataset-wide confusion matrix behind the members' values (summed over DDP ranks; every rank
+        must call this)."""
+        metric = members["miou"]
+        with metric.sync_context():
+            return metric.confusion.clone().cpu()
+
+    @staticmethod
+    def per_class_table(confusion: Tensor, class_names: Sequence[str]) -> list[dict]:
+        """One row per class: ``class``, ``iou``, ``acc`` (None where undefined), ``gt_pixels`` and
+        ``pred_pixels``; the values ``semantic_scores`` averages into ``miou`` and ``mean_acc``."""
+        scores = semantic_scores(confusion)
+
+        def defined(value: Tensor) -> float | None:
+            return None if torch.isnan(value) else float(value)
+
+        return [{"class": name, "iou": defined(scores["iou_per_class"][c]), "acc": defined(scores["acc_per_class"][c]),
+                 "gt_pixels": int(confusion[c].sum()), "pred_pixels": int(confusion[:, c].sum())}
+                for c, name in enumerate(class_names)]
+
+
+PER_CLASS_COLUMNS = (("class", "class"), ("iou", "IoU"), ("acc", "accuracy"), ("gt_pixels", "true pixels"),
+                     ("pred_pixels", "predicted pixels"))
+
+
+def per_class_csv(rows: Sequence[dict]) -> str:
+    """The per-class table as CSV (full precision; an empty cell where a value is undefined)."""
+    return table_csv(rows, PER_CLASS_COLUMNS)
+
+
+def per_class_markdown(rows: Sequence[dict], means: dict[str, float] | None = None) -> str:
+    """The per-class table as markdown, with a "mean" row holding ``means`` (the metric's own ``miou`` and
+    ``mean_acc`` under ``iou``/``acc``) when given."""
+    total = None if means is None else mean_row(rows, means, ("gt_pixels", "pred_pixels"))
+    return table_markdown(rows, PER_CLASS_COLUMNS, total)

@@ -26,6 +26,8 @@ from pycocotools.cocoeval import COCOeval
 from torchmetrics import Metric, MetricCollection
 from torchvision.ops import box_convert, box_iou
 
+from .tables import mean_row, table_csv, table_markdown
+
 #: the scalars ``DetectionMetrics`` reports (COCO's summary plus the two VOC numbers)
 COCO_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
 VOC_KEYS = ("map_voc07", "map_voc")
@@ -324,33 +326,13 @@ PER_CLASS_COLUMNS = (("class", "class"), ("ap50_voc", "AP50 (VOC, area)"), ("ap5
                      ("ap_coco", "AP (COCO, .5:.95)"), ("gt_objects", "objects"), ("ignored", "ignored"))
 
 
-def _cell(value) -> str:
-    if value is None:
-        return "n/a"  # no counted object of the class: AP undefined
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def per_class_csv(rows: Sequence[dict]) -> str:
     """The per-class table as CSV (full precision; an empty cell where an AP is undefined)."""
-    import csv
-
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([key for key, _ in PER_CLASS_COLUMNS])
-    for row in rows:
-        writer.writerow(["" if row[key] is None else row[key] for key, _ in PER_CLASS_COLUMNS])
-    return out.getvalue()
+    return table_csv(rows, PER_CLASS_COLUMNS)
 
 
 def per_class_markdown(rows: Sequence[dict], means: dict[str, float] | None = None) -> str:
-    """The per-class table as a README-style markdown table (4 decimals), with a "mean" row when ``means``
-    (the metric's own ``map_voc``/``map_voc07``/``map`` under the row keys) is given."""
-    lines = ["| " + " | ".join(header for _, header in PER_CLASS_COLUMNS) + " |",
-             "|" + "|".join(":---" if key == "class" else "---:" for key, _ in PER_CLASS_COLUMNS) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row[key]) for key, _ in PER_CLASS_COLUMNS) + " |")
-    if means is not None:
-        total = {"class": "**mean**", "gt_objects": sum(r["gt_objects"] for r in rows),
-                 "ignored": sum(r["ignored"] for r in rows), **means}
-        lines.append("| " + " | ".join(_cell(total.get(key)) for key, _ in PER_CLASS_COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
+    """The per-class table as markdown, with a "mean" row when ``means`` (the metric's own
+    ``map_voc``/``map_voc07``/``map`` under the row keys) is given."""
+    total = None if means is None else mean_row(rows, means, ("gt_objects", "ignored"))
+    return table_markdown(rows, PER_CLASS_COLUMNS, total)

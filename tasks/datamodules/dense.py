@@ -53,6 +53,9 @@ class DenseDataModule(BaseDataModule):
         contrast: float = 0.0,
         eval_crop: bool = False,
         normals_from_depth: bool = True,
+        depth_scale: float = 1000.0,
+        cache_normals: bool = True,
+        normals_cache_dir: str | None = None,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         synthetic: bool = False,
@@ -68,6 +71,10 @@ class DenseDataModule(BaseDataModule):
                 ``rgb/`` and the map folders ``depth/``, ``normals/``, ``labels/`` (see ``densecnn.data.dense``).
             maps: maps to load (default: every map folder of the training split). Normals missing on disk are
                 computed from depth when ``normals_from_depth`` (intrinsics from ``root/camera.json``, else NYU's).
+            depth_scale: depth PNG value / ``depth_scale`` = metres: 1000 for millimetres (NYU, the default),
+                256 for KITTI's depth benchmark PNGs.
+            cache_normals, normals_cache_dir: compute normals from depth once per sample and keep them on disk
+                (default ``<root>/<split>/.normals_cache``); the plane fits cost ~1.7 s per 640x480 frame.
             num_classes: labels must lie below it (or be 255); checked per sample.
             image_size: (height, width) every image and map is resized to first (maps by nearest neighbour).
             crop_size: (height, width) of the random training crop (default ``image_size``); evaluation uses
@@ -89,6 +96,8 @@ class DenseDataModule(BaseDataModule):
         self.train_transform = DenseAugment(image_size, crop_size, train=True, **augment)
         self.eval_transform = DenseAugment(image_size, crop_size, train=False, eval_crop=eval_crop)
         self.normals_from_depth = normals_from_depth
+        self.depth_scale, self.cache_normals = depth_scale, cache_normals
+        self.normals_cache_dir = normals_cache_dir
         self.predict_root = Path(predict_root) if predict_root else None
         self.class_names: list[str] | None = None
 
@@ -100,7 +109,8 @@ class DenseDataModule(BaseDataModule):
     def make_dataset(self, split: str, train: bool) -> Dataset:
         return DenseFolderDataset(self.root / split, self.maps, self.train_transform if train else self.eval_transform,
                                   num_classes=self.num_classes, normals_from_depth=self.normals_from_depth,
-                                  mean=self.mean, std=self.std)
+                                  mean=self.mean, std=self.std, depth_scale=self.depth_scale,
+                                  cache_normals=self.cache_normals, normals_cache_dir=self.normals_cache_dir)
 
     def _test_split(self) -> str:
         return "test" if (self.root / "test").is_dir() else "val"
@@ -149,6 +159,9 @@ class NYUDepthV2DataModule(DenseDataModule):
         brightness: float = 0.0,
         contrast: float = 0.0,
         eval_crop: bool = False,
+        eval_protocol: Literal["eigen", "resized"] = "eigen",
+        cache_normals: bool = True,
+        normals_cache_dir: str | None = None,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         predict_root: str | None = None,
@@ -168,12 +181,23 @@ class NYUDepthV2DataModule(DenseDataModule):
                 fits to the depth, as in Silberman et al.).
             depth_key: ``depths`` (in-painted) or ``rawDepths`` (with holes, as the paper trains on).
             image_size, crop_size, ...: as ``DenseDataModule`` (Eigen: 320x240 frames, 304x228 crops).
+            eval_protocol: how validation/test depth is scored. ``eigen`` (default), the standard protocol
+                (Eigen et al. 2014, as BTS and monodepth2 evaluate): the batches carry the full-resolution
+                480x640 ground truth (``depth_full``), the prediction is upsampled bilinearly to it and scored
+                inside the Eigen crop (rows 45:471, columns 41:601) with depth capped to [1e-3, 10] m.
+                ``resized``: scored against the ground truth resized with the image (nearest neighbour) to
+                ``image_size``, the crop scaled to it. With ``eval_crop`` the network sees the centre crop
+                only, and the frame pixels outside it are not scored (``depth_window`` says which are).
+            cache_normals, normals_cache_dir: keep the normals computed from depth on disk (default
+                ``<root>/.normals_cache``), computed once per frame.
         """
+        if eval_protocol not in ("eigen", "resized"):
+            raise DataError(f"data.init_args.eval_protocol: {eval_protocol!r} is not one of eigen, resized")
         super().__init__(root, batch_size, num_workers, maps=maps or ["depth", "normals", "semantic"],
                          num_classes=int(classes), image_size=image_size, crop_size=crop_size, scale=scale,
                          rotation=rotation, flip_p=flip_p, colour=colour, brightness=brightness, contrast=contrast,
                          eval_crop=eval_crop, mean=mean, std=std, predict_root=predict_root, pin_memory=pin_memory,
-                         drop_last=drop_last)
+                         drop_last=drop_last, cache_normals=cache_normals, normals_cache_dir=normals_cache_dir)
         self.save_hyperparameters()
 
     def _path(self, name: str | None) -> Path | None:
@@ -197,7 +221,9 @@ class NYUDepthV2DataModule(DenseDataModule):
                                     splits_file=self._path(h.splits_file), classes=h.classes,
                                     mapping_file=self._path(h.mapping_file), maps=self.maps, depth_key=h.depth_key,
                                     transform=self.train_transform if train else self.eval_transform,
-                                    mean=self.mean, std=self.std)
+                                    mean=self.mean, std=self.std, cache_normals=h.cache_normals,
+                                    normals_cache_dir=self._path(h.normals_cache_dir or ".normals_cache"),
+                                    full_depth=not train and h.eval_protocol == "eigen" and "depth" in self.maps)
         if dataset.class_names is not None:
             self.class_names = list(dataset.class_names)
         return dataset

@@ -2,7 +2,8 @@
 
 Training batches: ``{"video": (B, C, T, H, W), "label": (B,), ...}``, one random clip per video.
 Evaluation and predict batches: ``{"video": (B, K, C, T, H, W), ...}``, each video's ``clips_per_video``
-uniformly spaced clips, so the task can score clips and average them per video (see ``densecnn.data.video``
+uniformly spaced clips (times ``crops_per_clip`` views: K = clips x crops), so the task can score views and
+average them per video (see ``densecnn.data.video``
 for decoding, sampling, caching and the short-video policy).
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from densecnn.data.synthetic.common import has_files
 from densecnn.data.synthetic.video import write_video_dataset
 from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from densecnn.data.video import VIDEO_SUFFIXES, FrameStore, VideoClipDataset, find_video_classes, video_splits
+from densecnn.errors import ConfigError
 
 from .base import BaseDataModule
 
@@ -47,9 +49,6 @@ def video_pipeline(spec: str | list[dict[str, Any]], *, crop_size: int, train: b
 
 
 class VideoFolderDataModule(BaseDataModule):
-    #: crops evaluated per clip (the centre crop); part of the video metrics' names
-    crops_per_clip = 1
-
     def __init__(
         self,
         root: str,
@@ -58,7 +57,7 @@ class VideoFolderDataModule(BaseDataModule):
         clips_per_video: int = 10,
         batch_size: int = 8,
         num_workers: int = 0,
-        resize: tuple[int, int] | None = (128, 171),
+        resize: int | tuple[int, int] | None = (128, 171),
         crop_size: int = 112,
         train_transforms: str | list[dict[str, Any]] = "c3d",
         eval_transforms: str | list[dict[str, Any]] | None = None,
@@ -79,6 +78,7 @@ class VideoFolderDataModule(BaseDataModule):
         predict_root: str | None = None,
         pin_memory: bool = False,
         drop_last: bool | None = None,
+        crops_per_clip: int = 1,
     ):
         """
         Args:
@@ -88,7 +88,9 @@ class VideoFolderDataModule(BaseDataModule):
             clips_per_video: uniformly spaced clips per video at evaluation (video accuracy averages their
                 softmax; the count is part of the metric's name).
             batch_size: clips per training batch; videos (of ``clips_per_video`` clips each) per evaluation batch.
-            resize: (H, W) every frame is resized to when decoded (C3D: 128x171); None keeps the file's size.
+            resize: (H, W) every frame is resized to when decoded (C3D: 128x171), or an int: the short side is
+                resized to it and the aspect ratio kept (128 turns UCF101's 240x320 into 128x171); None keeps the
+                file's size.
             crop_size: the network's input size (C3D: 112).
             train_transforms, eval_transforms: a preset (``c3d``, ``c3d_noflip``, ``center``, ``none``) or a
                 list of albumentations transforms; normalisation is appended. Eval defaults to the train
@@ -103,10 +105,18 @@ class VideoFolderDataModule(BaseDataModule):
             synthetic: when ``root`` holds no videos, first write the embedded synthetic dataset there
                 (``synthetic_videos_per_class`` {train, test}, ``synthetic_num_frames``, ``synthetic_frame_size``).
             predict_root: videos to ``predict`` on (flat or in class folders); defaults to the test split.
+            crops_per_clip: views per clip at evaluation and predict: 1 (the eval transform's crop, normally the
+                centre) or 3 (``crop_size`` squares at the left, centre and right of the long side, C3D /
+                MMAction2's ThreeCrop); video accuracy averages the softmax over all clips x crops views, and
+                the count is part of the metric's name.
         """
+        if crops_per_clip not in (1, 3):
+            raise ConfigError(f"data.init_args.crops_per_clip must be 1 (one crop) or 3 (left/centre/right), got "
+                              f"{crops_per_clip}")
         super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last)
         self.save_hyperparameters()
         self.clip_len, self.frame_stride, self.clips_per_video = clip_len, frame_stride, clips_per_video
+        self.crops_per_clip = crops_per_clip  # views per clip at evaluation; names the video metrics
         self.crop_size = crop_size
         self.mean, self.std = tuple(mean), tuple(std)
         eval_spec = eval_transforms if eval_transforms is not None else (
@@ -131,7 +141,8 @@ class VideoFolderDataModule(BaseDataModule):
                                 clips_per_video=h.clips_per_video,
                                 transform=self.train_transform if train else self.eval_transform,
                                 frames=FrameStore(h.resize, h.cache_dir), short_video_policy=h.short_video_policy,
-                                skip_corrupt=h.skip_corrupt)
+                                skip_corrupt=h.skip_corrupt, crops_per_clip=1 if train else h.crops_per_clip,
+                                crop_size=h.crop_size)
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams

@@ -207,15 +207,9 @@ class DetectionTask(BaseTask):
         return paths
 
     # ---- pictures ----------------------------------------------------------------------------------------
-    def _normalisation(self):
-        from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        datamodule = getattr(self.trainer, "datamodule", None)
-        return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)
-
     def log_examples(self, stage: str, batch: dict, outputs: Sequence[dict]) -> None:
         n = min(self.hparams.num_log_images, len(batch["image"]))
-        images = to_uint8_images(batch["image"][:n], *self._normalisation())
+        images = to_uint8_images(batch["image"][:n], *self.normalisation())
         shown = [{k: d[k][d["scores"] >= self.hparams.display_thresh] for k in ("boxes", "scores", "labels")}
                  for d in outputs[:n]]
         self.log_picture(f"{stage}/detections", detection_grid(images, shown, self.class_names, batch["target"][:n]))

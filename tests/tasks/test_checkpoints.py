@@ -162,3 +162,36 @@ def test_a_checkpoint_url_given_to_the_trainer_is_not_unpickled(fitted, tmp_path
                         ckpt_path=url)
     finally:
         server.shutdown()
+
+
+def test_an_undefined_metric_never_becomes_the_best_checkpoint(tmp_path):
+    """An epoch without ground truth logs -1 ("undefined"); for a minimised error that must rank worst, not best
+    (Lightning's own ModelCheckpoint picks the -1 epoch)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tasks.checkpoints import BestCheckpoint
+
+    class Scripted(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/depth/rmse", [0.8, -1.0, 0.9, 0.5][self.current_epoch])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.ones(2, 1)), batch_size=2)
+    ours = BestCheckpoint(monitor="val/depth/rmse", mode="min", dirpath=tmp_path / "ours")
+    plain = ModelCheckpoint(monitor="val/depth/rmse", mode="min", dirpath=tmp_path / "plain")
+    scores = []
+    for callback in (ours, plain):
+        trainer = pl.Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+        trainer.fit(Scripted(), data, data)
+        scores.append(float(callback.best_model_score))
+    assert scores == [pytest.approx(0.8), pytest.approx(-1.0)]
