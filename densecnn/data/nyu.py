@@ -30,6 +30,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from ..constants import IGNORE_LABEL
 from .dense import (NYU_INTRINSICS, DenseAugment, DenseSample, DenseSampleDataset, NormalsCache, check_sample,
                     file_identity, normals_from_depth, sample_to_tensors)
 from .image_folder import DataError
@@ -48,7 +49,6 @@ NYU13_CLASSES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "obje
 # index: 40-class id (0 = unlabelled, 1 = wall, ..., 40 = otherprop); value: 13-class id (1-based, 0 = unlabelled)
 NYU40_TO_13 = np.array([0, 12, 5, 6, 1, 4, 9, 10, 12, 13, 6, 8, 6, 13, 10, 6, 13, 6, 7, 7, 5, 7, 3, 2, 6, 11, 7, 7, 7,
                         7, 7, 7, 6, 7, 7, 7, 7, 7, 7, 6, 7], dtype=np.int64)
-IGNORE = 255
 #: where the official files are published (the labeled frames and the split on the NYU site; Gupta et al.'s
 #: 894 -> 40 table as redistributed with the nyuv2-meta-data release)
 NYU_URLS = {
@@ -138,7 +138,7 @@ def label_lookup(classes: str, mapping: np.ndarray | None) -> tuple[np.ndarray, 
     """A table from the 894-class id to the 0-based output class (255 = ignore) and the class names."""
     if classes == "894":
         table = np.arange(-1, 895, dtype=np.int64)
-        table[0] = IGNORE
+        table[0] = IGNORE_LABEL
         return table, None
     if mapping is None:
         raise DataError(f"classes={classes!r} needs the 894 -> 40 mapping file (Gupta et al.'s "
@@ -150,7 +150,7 @@ def label_lookup(classes: str, mapping: np.ndarray | None) -> tuple[np.ndarray, 
         ids, names = NYU40_TO_13[ids40], NYU13_CLASSES
     else:
         raise ValueError(f"classes must be '13', '40' or '894', got {classes!r}")
-    return np.where(ids > 0, ids - 1, IGNORE).astype(np.int64), names
+    return np.where(ids > 0, ids - 1, IGNORE_LABEL).astype(np.int64), names
 
 
 def source_window(transform, height: int, width: int) -> tuple[float, float, float, float] | None:
