@@ -141,7 +141,7 @@ def test_fit_computes_median_frequency_weights_and_test_writes_the_per_class_rep
     assert not torch.allclose(expected, torch.ones(5))  # the synthetic rooms are unbalanced
     ckpt = tmp_path / "weights.ckpt"
     trainer.save_checkpoint(ckpt)
-    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
     torch.testing.assert_close(state["class_weights"], expected)
     restored = DensePredictionTask.load_from_checkpoint(ckpt)
     torch.testing.assert_close(restored.class_weights, expected)
