@@ -141,9 +141,10 @@ def test_short_side_resize_matches_c3d_and_the_quickstart_resizes(video_root):
     assert resized_shape(96, 96, 36) == (36, 36) and resized_shape(50, 30, 36) == (60, 36)
     assert resized_shape(240, 320, (112, 112)) == (112, 112) and resized_shape(7, 9, None) == (7, 9)
     data = yaml.safe_load((QUICKSTART / "video.yaml").read_text())["data"]["init_args"]
-    assert isinstance(data["resize"], int) and data["crop_size"] < data["resize"] <= 1.25 * data["crop_size"]
-    frames = decode_video(video_root / "grow" / "grow_0000.mp4", resize=data["resize"])
-    assert frames.shape == (12, 36, 50, 3)  # 32x44 scaled by 36/32
+    assert isinstance(data["resize"], int) and data["crop_size"] <= data["resize"] <= 1.25 * data["crop_size"]
+    assert resized_shape(96, 96, data["resize"]) == (32, 32)  # a user's 96x96 video: the crop sees all of it
+    frames = decode_video(video_root / "grow" / "grow_0000.mp4", resize=36)
+    assert frames.shape == (12, 36, 50, 3)  # 32x44 scaled by 36/32, aspect kept
 
 
 # ---- three crops -----------------------------------------------------------------------------------------------
