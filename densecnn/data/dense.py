@@ -399,10 +399,14 @@ class DenseAugment:
         out.rgb = self._colour(out.rgb, rng)
         return out
 
+    def centre_crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(top, left, crop height, crop width)`` of the evaluation centre crop of a ``height`` x ``width`` map
+        (the crop shrinks to the map where the map is smaller)."""
+        ch, cw = min(self.crop_size[0], height), min(self.crop_size[1], width)
+        return (height - ch) // 2, (width - cw) // 2, ch, cw
+
     def _centre_crop(self, sample: DenseSample) -> DenseSample:
-        ch, cw = self.crop_size
-        height, width = sample.rgb.shape[:2]
-        top, left = max((height - ch) // 2, 0), max((width - cw) // 2, 0)
+        top, left, ch, cw = self.centre_crop_box(*sample.rgb.shape[:2])
         cut = (lambda a: None if a is None else a[top:top + ch, left:left + cw].copy())
         return DenseSample(cut(sample.rgb), cut(sample.depth), cut(sample.normals), cut(sample.semantic))
 

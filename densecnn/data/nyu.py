@@ -157,16 +157,13 @@ def source_window(transform, height: int, width: int) -> tuple[float, float, flo
     """The part of a ``height`` x ``width`` source frame that an evaluation transform's output covers, as
     (top, bottom, left, right) in source pixels; None for a random (training) transform, whose output has no
     fixed place. ``DenseAugment(train=False)`` resizes to ``size`` and, with ``eval_crop``, takes the centre
-    ``crop_size`` exactly as ``DenseAugment._centre_crop`` does (same offsets)."""
+    ``crop_size`` (``DenseAugment.centre_crop_box``)."""
     if transform is None:
         return 0.0, float(height), 0.0, float(width)
     if not isinstance(transform, DenseAugment) or transform.train:
         return None
     rh, rw = transform.size
-    top, left, ch, cw = 0, 0, rh, rw
-    if transform.eval_crop:
-        ch, cw = min(transform.crop_size[0], rh), min(transform.crop_size[1], rw)
-        top, left = max((rh - ch) // 2, 0), max((rw - cw) // 2, 0)
+    top, left, ch, cw = transform.centre_crop_box(rh, rw) if transform.eval_crop else (0, 0, rh, rw)
     sy, sx = height / rh, width / rw
     return top * sy, (top + ch) * sy, left * sx, (left + cw) * sx
 

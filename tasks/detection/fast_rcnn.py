@@ -21,18 +21,11 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torchvision.ops import roi_align, roi_pool
 
-from densecnn.heads.detection import RoIBoxHead
+from densecnn.heads.detection import RoIBoxHead, pretrained_fc_layers
 
 from .proposal_based import ProposalDetectionTask, proposals_of
 
 __all__ = ["FastRCNNTask", "proposals_of"]
-
-
-def pretrained_fc_layers(backbone: nn.Module) -> list[nn.Linear]:
-    """The fully connected layers of a backbone's pooled head built with ``num_classes=0`` (VGG/AlexNet:
-    fc6 and fc7 in ``classifier``); empty for heads without them (ResNet, GoogLeNet: global pooling)."""
-    head = getattr(backbone, "classifier", None)
-    return [m for m in head.modules() if isinstance(m, nn.Linear)] if isinstance(head, nn.Module) else []
 
 
 class FastRCNNTask(ProposalDetectionTask):

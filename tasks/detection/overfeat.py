@@ -71,12 +71,12 @@ from densecnn.heads.detection import (
     ConvWindowHead,
     detection_loss,
     postprocess_detections,
+    pretrained_fc_layers,
     sample_indices,
     window_grid,
 )
 
 from .base import DetectionTask
-from .fast_rcnn import pretrained_fc_layers
 
 
 class OverFeatTask(DetectionTask):

@@ -156,7 +156,6 @@ class RCNNTask(ProposalDetectionTask):
         margins = torch.sigmoid(self.svm(features))
         return torch.cat([margins.new_zeros((len(margins), 1)), margins], dim=1), box_regression
 
-    class_scores = region_scores  # the name the first releases used
 
     def extra_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         if self.svm is None:

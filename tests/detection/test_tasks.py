@@ -93,7 +93,7 @@ def test_rcnn_svm_and_context():
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_svm"} and losses["loss_svm"] > 0
     task.eval()
     with torch.no_grad():
-        scores, _ = task.class_scores(task.region_features(batch["image"], batch["proposals"]))
+        scores, _ = task.region_scores(task.region_features(batch["image"], batch["proposals"]))
     assert scores.shape == (3, 3) and (scores[:, 0] == 0).all()  # SVM margins, no background column
     with pytest.raises(ValueError, match="needs region proposals"):
         task.detect(batch["image"], {"image": batch["image"]})

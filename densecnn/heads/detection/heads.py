@@ -155,3 +155,10 @@ class ConvWindowHead(nn.Module):
         scores = self.cls_score(fc7)
         deltas = self.bbox_pred(torch.relu(self.reg_hidden(fc6)))
         return scores, deltas
+
+
+def pretrained_fc_layers(backbone: nn.Module) -> list[nn.Linear]:
+    """The fully connected layers of a backbone's pooled head built with ``num_classes=0`` (VGG/AlexNet:
+    fc6 and fc7 in ``classifier``); empty for heads without them (ResNet, GoogLeNet: global pooling)."""
+    head = getattr(backbone, "classifier", None)
+    return [m for m in head.modules() if isinstance(m, nn.Linear)] if isinstance(head, nn.Module) else []
