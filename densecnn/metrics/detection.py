@@ -290,7 +290,8 @@ class DetectionMetrics(MetricCollection):
     ``per_class_table(computed)`` the per-class ones."""
 
     def __init__(self, **kwargs):
-        super().__init__({"coco": coco_map(), "voc": VOCMeanAP()}, compute_groups=False, **kwargs)
+        # both keep the same per-image detections and ground truth: one copy, updated and synced once
+        super().__init__({"coco": coco_map(), "voc": VOCMeanAP()}, compute_groups=[["coco", "voc"]], **kwargs)
 
     @staticmethod
     def scalars(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -195,3 +195,19 @@ def test_a_split_without_ground_truth_gives_minus_one_not_nan():
     assert len(values) == 11
     for name, value in values.items():
         assert value.item() == -1.0, name
+
+
+def test_coco_and_voc_keep_one_copy_of_the_detections(monkeypatch):
+    """Both members hold the same per-image states: the collection updates (and syncs) them once, not twice."""
+    from densecnn.metrics import detection
+
+    calls = []
+    original = detection.VOCMeanAP.update
+    monkeypatch.setattr(detection.VOCMeanAP, "update", lambda self, *a, **k: (calls.append(1), original(self, *a, **k)))
+    metrics = detection.DetectionMetrics()
+    pred = [{"boxes": torch.tensor([[0., 0, 10, 10]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
+    target = [{"boxes": torch.tensor([[0., 0, 10, 10]]), "labels": torch.tensor([1])}]
+    for _ in range(3):
+        metrics.update(pred, target)
+    values = detection.DetectionMetrics.scalars(metrics.compute())
+    assert calls == [] and float(values["map_voc"]) == 1.0 and float(values["map"]) == 1.0
