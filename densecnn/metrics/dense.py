@@ -274,8 +274,9 @@ class _SemanticScore(Metric):
         self.key, self.num_classes, self.ignore_index = key, num_classes, ignore_index
         self.add_state("confusion", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, labels: Tensor, target: Tensor) -> None:
-        self.confusion += confusion_counts(labels, target, self.num_classes, self.ignore_index)
+    def update(self, counts: Tensor) -> None:
+        """Add one batch's ``confusion_counts`` (computed once for all four members)."""
+        self.confusion += counts.to(self.confusion)
 
     def compute(self) -> Tensor:
         return semantic_scores(self.confusion)[self.key]
@@ -306,8 +307,10 @@ class SemanticMetrics(MetricCollection):
         target = target.long()
         if mask is not None:
             target = torch.where(mask.bool(), target, torch.full_like(target, ignore_index))
+        num_classes = next(iter(members.values())).num_classes
+        counts = confusion_counts(labels, target, num_classes, ignore_index)  # one pass over the pixels
         for metric in members.values():
-            metric.update(labels, target)
+            metric.update(counts)
 
     @staticmethod
     def synced_confusion(members: dict[str, Metric]) -> Tensor:
