@@ -3,6 +3,12 @@ forward clips/s (CPU float32; on a GPU also bf16 autocast, to set against the pa
 
     python benchmarks/video.py                  # writes a small synthetic dataset to a temp folder
     python benchmarks/video.py --root data/UCF101 --resize 128 171 --crop 112
+    python benchmarks/video.py --decode-only    # whole-video against seek decoding only
+
+Whole-video against seek decoding: 10-second 25 fps H.264 MP4s (250 frames of 320x240, a keyframe every
+``--gop`` frames, 12 by default, as in MPEG-style GOPs; YouTube/Kinetics files often use 2-5 s) are loaded as
+random 16-frame clips resized to 128x171 and cropped to 112 (C3D's training input), by the same dataset and
+transform with 0 workers, once decoding each whole video and once seeking to the keyframe before the clip.
 
 Throughput is measured side by side in one process, so the figures compare with each other; absolute numbers
 depend on the machine and its load.
@@ -14,11 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from densecnn import create_backbone
-from densecnn.data.synthetic.video import write_video_dataset
+from densecnn.data.synthetic.common import textured_background
+from densecnn.data.synthetic.video import rgb_to_yuv420p, write_video_dataset
 from densecnn.data.video import FrameStore, VideoClipDataset, video_splits
 from tasks.datamodules.video import video_pipeline
 
@@ -28,10 +37,11 @@ def loader_clips_per_second(dataset, workers: int, batch_size: int, batches: int
                         persistent_workers=False, generator=torch.Generator().manual_seed(0))
     it = iter(loader)
     next(it)  # worker start-up and first decode are not throughput
-    start, clips = time.perf_counter(), 0
-    for _ in range(batches):
+    start, clips, done = time.perf_counter(), 0, 0
+    while done < batches:
         try:
             clips += len(next(it)["video"])
+            done += 1
         except StopIteration:
             it = iter(loader)
     return clips / (time.perf_counter() - start)
@@ -53,6 +63,51 @@ def model_clips_per_second(model, clip_shape, batch_size: int, rounds: int, devi
     return rounds * batch_size / (time.perf_counter() - start)
 
 
+def write_panning_mp4(path: Path, rng: np.random.Generator, *, num_frames: int = 250, height: int = 240,
+                      width: int = 320, fps: int = 25, gop: int = 12) -> None:
+    """A textured scene panning 2 px a frame with a square crossing it: ``num_frames`` frames of H.264
+    (libx264 veryfast, a keyframe every ``gop`` frames, x264's adaptive B-frames)."""
+    scene = textured_background(rng, height, width + 2 * num_frames, rng.uniform(40, 200, size=3))
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.options = {"preset": "veryfast", "crf": "23", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        for t in range(num_frames):
+            rgb = scene[:, 2 * t:2 * t + width].copy()
+            y, x = (40 + t) % (height - 40), (3 * t) % (width - 40)
+            rgb[y:y + 40, x:x + 40] = (250, 240, 30)
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
+            frame.pts = t
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def seek_against_whole(folder: Path, *, videos: int, gop: int, clips: int, batch_size: int) -> None:
+    """Random-clip loader clips/s, whole-video decoding against seek decoding (same files, dataset, transform,
+    0 workers), and their ratio."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(videos):
+        write_panning_mp4(folder / f"v{i}.mp4", rng, gop=gop)
+        samples.append((str(folder / f"v{i}.mp4"), 0))
+    transform = video_pipeline("c3d", crop_size=112, train=True, mean=(0.45,) * 3, std=(0.225,) * 3,
+                               where="benchmark")
+    rates = {}
+    for name, seek in (("whole video", False), ("seek", True)):
+        dataset = VideoClipDataset(samples, clip_len=16, transform=transform, seed=0,  # the same clips both ways
+                                   frames=FrameStore((128, 171), seek=seek))
+        rates[name] = loader_clips_per_second(dataset, 0, batch_size, clips // batch_size)
+    print(f"random 16-frame clips (128x171 -> 112x112) of {videos} 10 s 25 fps 320x240 H.264 MP4s (250 frames, "
+          f"keyframe every {gop}), 0 workers:")
+    for name, rate in rates.items():
+        print(f"  {name:12s}: {rate:7.2f} clips/s")
+    print(f"  seek / whole: {rates['seek'] / rates['whole video']:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", help="video folder (default: a synthetic dataset in a temp folder)")
@@ -63,7 +118,17 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--model-batch", type=int, default=4)
     parser.add_argument("--model-rounds", type=int, default=3)
+    parser.add_argument("--decode-only", action="store_true", help="only whole-video against seek decoding")
+    parser.add_argument("--gop", type=int, default=12, help="keyframe interval of the seek benchmark's MP4s")
+    parser.add_argument("--seek-videos", type=int, default=8)
+    parser.add_argument("--seek-clips", type=int, default=48, help="clips timed per decoding mode")
     args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        seek_against_whole(Path(tmp) / "seek", videos=args.seek_videos, gop=args.gop, clips=args.seek_clips,
+                           batch_size=args.batch_size)
+    if args.decode_only:
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root) if args.root else write_video_dataset(

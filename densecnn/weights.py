@@ -169,8 +169,10 @@ def load_weights(model: nn.Module, source: str | os.PathLike, *, strict: bool = 
                 mismatched.append(f"{key}: file {tuple(state[key].shape)} vs model {tuple(own[key].shape)}")
             del state[key]
     if mismatched:
+        hint = getattr(model, "weights_mismatch_hint", None)  # a backbone may say why (C3D: fc6 and the clip size)
         raise WeightsError(f"{source}: shapes do not match this {type(model).__name__}: " + "; ".join(mismatched[:10])
-                           + (f" (and {len(mismatched) - 10} more)" if len(mismatched) > 10 else ""))
+                           + (f" (and {len(mismatched) - 10} more)" if len(mismatched) > 10 else "")
+                           + (hint(mismatched) if callable(hint) else ""))
     if dropped:
         warnings.warn(f"{source}: classifier weights {', '.join(dropped)} were trained for another number of "
                       f"classes; they are dropped and the classifier keeps its fresh initialisation.", stacklevel=2)

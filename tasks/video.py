@@ -11,15 +11,26 @@
 * The paper's feature protocol (Section 3.3/4.1), ``feature_protocol: true``: the backbone (normally C3D with
   pretrained ``weights``) is frozen; each clip's fc6 activations are averaged over the video's clips and
   L2-normalised into a video descriptor, and only a linear classifier on top of it is trained, with the
-  multi-class hinge loss of a linear SVM (``probe_loss: hinge``) or cross-entropy. Train it on
-  ``train_sampling: uniform`` data so the training descriptors are clip averages too. ``extract_features``
-  returns the descriptors for use elsewhere.
+  multi-class hinge loss of a linear SVM (``probe_loss: hinge``) or cross-entropy. The backbone runs once per
+  fit: at the start of ``fit`` every training and validation video is embedded with the evaluation transform
+  (``clips_per_video`` uniform clips x ``crops_per_clip`` crops, no random draw: the training descriptors are
+  clip averages too), the per-view descriptors are kept in memory and, with ``feature_cache_dir``, on disk
+  (keyed by the backbone's weights, ``feature_layer``, every video file and the clip/transform settings, so a
+  changed checkpoint or data set is embedded again), and the probe then trains for all epochs on them without
+  decoding a video. Under DDP each rank embeds every W-th video and the descriptors are all-gathered. The
+  frozen backbone must load completely from ``weights`` (only the classifier, fc8, may be absent from the
+  file). Test and predict embed their videos as usual. ``extract_features`` returns the descriptors for use
+  elsewhere.
 * Predict writes ``predictions.csv`` (one row per video: label, probability, the clips' scores for that
   label, all class probabilities) and ``clips/<video>.csv`` per video (one row per clip).
 """
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import os
+import warnings
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -28,16 +39,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
+from torch.utils.data import Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from densecnn.backbones import get_entry
 from densecnn.backbones.inflate import FrameAveraged
 from densecnn.data import DataError
+from densecnn.errors import ConfigError, UserError
+from densecnn.weights import WeightsError
 from densecnn.viz import BAD, GOOD, image_grid, save_png, to_uint8_images
 
 from .base import BaseTask
 
 PROBE_LOSSES = ("hinge", "cross_entropy")
+
+
+class DescriptorDataset(Dataset):
+    """The feature protocol's cached descriptors: item i is ``{"clip_features": (K, D), "label"}``, the
+    ``feature_layer`` activations of video i's K views (clips x crops), before averaging and normalising."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"clip_features": self.features[index], "label": self.labels[index]}
 
 
 class VideoClassificationTask(BaseTask):
@@ -56,6 +84,7 @@ class VideoClassificationTask(BaseTask):
         feature_protocol: bool = False,
         feature_layer: Literal["fc6", "fc7"] = "fc6",
         probe_loss: Literal["hinge", "cross_entropy"] = "hinge",
+        feature_cache_dir: str | None = None,
         channels_last: bool = True,
         **kwargs,
     ):
@@ -68,7 +97,10 @@ class VideoClassificationTask(BaseTask):
                 the DataModule's.
             class_names: label names (taken from the data when training).
             feature_protocol: freeze the backbone and train a linear classifier on clip-averaged, L2-normalised
-                ``feature_layer`` descriptors (Tran et al.'s protocol), with ``probe_loss``.
+                ``feature_layer`` descriptors (Tran et al.'s protocol), with ``probe_loss``. The training and
+                validation videos are embedded once per fit; every backbone weight must come from ``weights``.
+            feature_cache_dir: with ``feature_protocol``, also keep the descriptors there (one ``.pt`` file per
+                split, written atomically), so the next fit with the same backbone weights and data embeds nothing.
             channels_last: keep 3D backbones and clips in ``channels_last_3d`` memory layout; PyTorch's CPU
                 Conv3d backward is several times faster in it (``benchmarks/video.py``), and GPUs prefer it too.
         """
@@ -77,6 +109,11 @@ class VideoClassificationTask(BaseTask):
             raise ValueError(f"model.init_args.class_names has {len(class_names)} names for num_classes={num_classes}")
         if clip_len < 1 or crop_size < 1:
             raise ValueError("model.init_args.clip_len and crop_size must be positive")
+        if feature_protocol and not kwargs.get("strict_weights", True):
+            raise ConfigError("model.init_args.strict_weights: false cannot be used with feature_protocol: true: the "
+                              "backbone is frozen, and weights missing from the file would stay random; the whole "
+                              "backbone must load from model.init_args.weights (only its classifier may be absent)")
+        self._descriptor_memory: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # Views averaged into a video prediction; they name the video metrics and are taken from the
         # DataModule (its clips_per_video and crops_per_clip) when the task runs in a Trainer.
         self.clips_per_video, self.crops_per_clip = 10, 1
@@ -94,16 +131,32 @@ class VideoClassificationTask(BaseTask):
         if h.backbone == "c3d" and "input_size" not in (h.backbone_kwargs or {}):
             overrides["input_size"] = (3, h.clip_len, h.crop_size, h.crop_size)
         if self.is_3d:
-            self.backbone = self.build_backbone(**overrides)
+            self.backbone = self._build_backbone(**overrides)
             if h.channels_last:
                 self.backbone.to(memory_format=torch.channels_last_3d)
         else:
-            self.backbone = FrameAveraged(self.build_backbone(**overrides))
+            self.backbone = FrameAveraged(self._build_backbone(**overrides))
         if h.feature_protocol:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
             self.backbone.eval()
             self.probe = nn.Linear(self._descriptor_width(), h.num_classes)
+
+    def _build_backbone(self, **overrides) -> nn.Module:
+        """``build_backbone``; for the feature protocol a file that does not fill the whole (frozen) backbone is
+        an error naming ``model.init_args.weights``, and no weights at all a warning (random features)."""
+        h = self.hparams
+        if not h.feature_protocol:
+            return self.build_backbone(**overrides)
+        if h.weights is None:
+            warnings.warn("feature_protocol: true without model.init_args.weights: the frozen backbone keeps its random "
+                          "initialisation (a baseline, not the paper's pretrained features)", stacklevel=3)
+        try:
+            return self.build_backbone(**overrides)
+        except WeightsError as err:
+            raise UserError(f"model.init_args.weights: {err}. The feature protocol freezes the backbone, so every "
+                            f"backbone weight must come from this file (only the classifier, e.g. C3D's fc8, may be "
+                            f"absent)") from err
 
     def _descriptor_width(self) -> int:
         layer = getattr(self.backbone, self.hparams.feature_layer, None)
@@ -174,6 +227,75 @@ class VideoClassificationTask(BaseTask):
         self._sync_with_data()
         self.sync_class_names()
 
+    # ---- the feature protocol: embed once, then train the probe on descriptors ----------------------------
+    # In on_fit_start: after the DataModule's setup and the strategy's (the model is on its device, the process
+    # group exists), and before Lightning asks for the first dataloader (sanity check, then training).
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if not self.hparams.feature_protocol:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not callable(getattr(datamodule, "use_descriptors", None)):
+            raise UserError("model.init_args.feature_protocol: true needs a DataModule that serves cached descriptors "
+                            "(VideoFolderDataModule)")
+        datamodule.use_descriptors({split: DescriptorDataset(*self.descriptors(datamodule, split))
+                                    for split in ("train", "val")})
+
+    def descriptors(self, datamodule, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (N, K, D), labels (N,)) of the ``split``'s videos: from memory, the disk cache, or embedded."""
+        dataset = datamodule.descriptor_source(split)
+        key = self._descriptor_key(datamodule.descriptor_identity(dataset))
+        if key in self._descriptor_memory:
+            return self._descriptor_memory[key]
+        cache = Path(self.hparams.feature_cache_dir) / f"{split}_{key[:24]}.pt" if self.hparams.feature_cache_dir \
+            else None
+        if self.trainer.strategy.broadcast(cache is not None and cache.is_file(), src=0):  # one decision for all ranks
+            saved = torch.load(cache, map_location="cpu", weights_only=True)
+            result = saved["features"], saved["labels"]
+        else:
+            result = self._embed(datamodule, dataset)
+            if cache is not None and self.trainer.is_global_zero:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                partial = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+                torch.save({"features": result[0], "labels": result[1]}, partial)
+                os.replace(partial, cache)  # atomic: a reader sees the old file or the whole new one
+        self._descriptor_memory[key] = result
+        return result
+
+    def _descriptor_key(self, identity: dict) -> str:
+        """SHA256 of the backbone's tensors, ``feature_layer`` and the data's identity (files, clip settings)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.backbone.state_dict().items()):
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(json.dumps({"backbone": self.hparams.backbone, "layer": self.hparams.feature_layer,
+                                  "data": identity}, sort_keys=True, default=str).encode())
+        return digest.hexdigest()
+
+    def _embed(self, datamodule, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the frozen backbone over ``dataset`` once: each rank takes every W-th video (the evaluation
+        sampler), and the per-view descriptors are all-gathered so every rank holds all of them."""
+        loader = datamodule.eval_loader(dataset)
+        indices = list(iter(loader.sampler))
+        features, labels = [], []
+        with self.trainer.precision_plugin.forward_context():
+            for batch in loader:
+                videos = batch["video"] if batch["video"].dim() == 6 else batch["video"].unsqueeze(1)
+                videos = videos.to(self.device)
+                clips = self.clip_descriptors(videos.flatten(0, 1))
+                features.append(clips.view(videos.shape[0], videos.shape[1], -1).float().cpu())
+                labels.append(batch["label"].cpu())
+        local = (indices, torch.cat(features), torch.cat(labels))
+        parts = [local]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, local)
+        out_features = torch.empty(len(dataset), *local[1].shape[1:])
+        out_labels = torch.empty(len(dataset), dtype=local[2].dtype)
+        for part_indices, part_features, part_labels in parts:
+            out_features[part_indices], out_labels[part_indices] = part_features, part_labels
+        return out_features, out_labels
+
     # ---- forward passes ----------------------------------------------------------------------------------
     def clip_descriptors(self, clips: torch.Tensor) -> torch.Tensor:
         """(N, C, T, H, W) -> (N, D) feature-protocol descriptors of single clips (``feature_layer``)."""
@@ -216,7 +338,17 @@ class VideoClassificationTask(BaseTask):
         clip_probs = self.clip_logits(videos).softmax(dim=-1)
         return clip_probs.mean(dim=1), clip_probs
 
+    def probe_outputs(self, clip_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(video logits (B, classes), clip logits (B, K, classes)) of cached per-view descriptors (B, K, D): the
+        video descriptor is the views' mean, L2-normalised (``extract_features``), each clip's its own."""
+        video_logits = self.probe(F.normalize(clip_features.mean(dim=1), dim=1))
+        return video_logits, self.probe(F.normalize(clip_features, dim=2))
+
     def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
+        if "clip_features" in batch:  # the feature protocol's cached descriptors
+            video_logits, clip_logits = self.probe_outputs(batch["clip_features"])
+            return (self.criterion(video_logits, batch["label"]),
+                    {"clip_logits": clip_logits, "video_probs": video_logits.softmax(dim=1)})
         videos, labels = batch["video"], batch["label"]
         if videos.dim() == 5:  # one clip per video (training)
             logits = self.clip_logits(videos)
@@ -243,7 +375,7 @@ class VideoClassificationTask(BaseTask):
                 metric.update(outputs["video_probs"], labels)
 
     def batch_size_of(self, batch: dict) -> int:
-        return len(batch["video"])
+        return len(batch["label"])
 
     # ---- pictures ----------------------------------------------------------------------------------------
     def clip_strip(self, videos: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor | None,
@@ -265,7 +397,7 @@ class VideoClassificationTask(BaseTask):
         return image_grid(tiles, captions, colours, columns=len(picks))
 
     def log_examples(self, stage: str, batch: dict, outputs: dict) -> None:
-        if "video_probs" in outputs:
+        if "video_probs" in outputs and "video" in batch:  # cached descriptors have no frames to show
             self.log_picture(f"{stage}/examples", self.clip_strip(batch["video"], outputs["video_probs"].float(),
                                                                   batch["label"]))
 

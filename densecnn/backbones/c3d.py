@@ -20,11 +20,36 @@ small CPU models train from scratch in a few hundred steps.
 
 The paper's feature protocol takes fc6 activations as the clip descriptor (Section 3.3); ``embed``
 returns them (or fc7's).
+
+Public Sports-1M weights. The widely used PyTorch port of the Caffe model (``c3d.pickle`` of DavideA/c3d-pytorch)
+names its layers ``conv1, conv2, conv3a ... conv5b, fc6, fc7, fc8`` (fc8: 487 Sports-1M classes, fc6: 8192 inputs).
+``weights: c3d.pickle`` loads it: ``C3D.adapt_state_dict`` maps those names onto ours (``conv1`` ->
+``stage1.conv1a``, ``conv3b`` -> ``stage3.conv3b``, fc6-fc8 unchanged) and reverses conv1's input channels,
+because the Caffe model was trained on OpenCV's BGR frames while densecnn's loaders give RGB: conv1 with
+reversed channels on an RGB clip is conv1 on the BGR clip. Into a 101-class model fc8 is dropped with a
+warning (``load_weights``); a feature extractor (``num_classes=0``) ignores it. Two details of the port:
+
+* its pool5 is ``MaxPool3d(2, 2, padding=(0, 1, 1))`` (floor rounding): on the 2x7x7 conv5b map the windows
+  start at -1, 1, 3, 5, while Caffe's ceil rounding (ours by default, ``pool5="caffe"``) starts them at
+  0, 2, 4, 6. Both give 1x4x4 = 8192 fc6 inputs at 16x112x112, so the weights load either way; ``pool5="port"``
+  reproduces the port's outputs exactly (``backbone_kwargs: {pool5: port}``), the default follows the Caffe
+  network the weights were trained in;
+* the flatten order is the same as ours (C, T, H, W of the contiguous pool5 map: ``view(-1, 8192)``).
+
+Input normalisation the Caffe weights expect (Tran et al.'s C3D code; DavideA/c3d-pytorch issues 1 and 4):
+pixels in 0-255 minus the Sports-1M mean clip (``sport1m_train16_128_mean.binaryproto``, 3x16x128x171), with
+no std scaling. Per channel that mean is (90.25, 97.66, 101.41) in BGR order; as RGB data-module settings
+(``mean``/``std`` are in 0-1 units, albumentations multiplies both by 255) it is ``C3D_SPORTS1M_MEAN`` =
+(101.41, 97.66, 90.25)/255 and ``C3D_SPORTS1M_STD`` = 1/255 per channel (``configs/video/ucf101_c3d*.yaml``).
+The per-channel mean stands in for the per-pixel mean clip (Caffe subtracts the clip, a difference of a few
+grey levels across the frame). torchvision's ``r3d_18``/``mc3_18``/``r2plus1d_18`` Kinetics weights expect
+instead 0-1 pixels normalised by mean (0.43216, 0.394666, 0.37645) and std (0.22803, 0.22145, 0.216989)
+(``KINETICS_MEAN``/``KINETICS_STD``), and ImageNet's mean/std is for 2D backbones and inflated ones.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +63,35 @@ C3D_STAGES: tuple[tuple[str, ...], ...] = (("conv1a",), ("conv2a",), ("conv3a", 
 C3D_WIDTHS: tuple[int, ...] = (64, 128, 256, 256, 512, 512, 512, 512)
 C3D_FC_WIDTH = 4096
 C3D_INPUT_SIZE = (3, 16, 112, 112)
+POOL5_MODES = ("caffe", "port")
+
+# What the Caffe Sports-1M weights (and their PyTorch port) expect, as RGB mean/std in 0-1 units: the Sports-1M
+# mean clip's per-channel average (BGR 90.25, 97.66, 101.41 in 0-255), no std scaling (std 1/255 undoes /255).
+C3D_SPORTS1M_MEAN = (101.41 / 255, 97.66 / 255, 90.25 / 255)
+C3D_SPORTS1M_STD = (1 / 255, 1 / 255, 1 / 255)
+# torchvision's video ResNets (r3d_18, mc3_18, r2plus1d_18: KINETICS400_V1 weights' transforms)
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+# The public PyTorch port's layer names (DavideA/c3d-pytorch ``c3d.pickle``) -> ours; fc6-fc8 are the same.
+PORT_CONV_NAMES = {"conv1": "stage1.conv1a", "conv2": "stage2.conv2a", "conv3a": "stage3.conv3a",
+                   "conv3b": "stage3.conv3b", "conv4a": "stage4.conv4a", "conv4b": "stage4.conv4b",
+                   "conv5a": "stage5.conv5a", "conv5b": "stage5.conv5b"}
+
+
+def is_port_state_dict(state: dict[str, torch.Tensor]) -> bool:
+    """The port's key layout: top-level ``conv1.weight`` ... rather than our ``stage1.conv1a.weight``."""
+    return "conv1.weight" in state and "conv5b.weight" in state and not any(k.startswith("stage") for k in state)
+
+
+def port_to_densecnn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a port state_dict to our keys, and turn conv1 from BGR input (Caffe's) to RGB input (ours)."""
+    out = {}
+    for key, value in state.items():
+        layer, _, param = key.partition(".")
+        out[f"{PORT_CONV_NAMES[layer]}.{param}" if layer in PORT_CONV_NAMES else key] = value
+    out["stage1.conv1a.weight"] = out["stage1.conv1a.weight"].flip(1)
+    return out
 
 
 def conv_output_size_ceil(size: int, kernel: int, stride: int) -> int:
@@ -54,8 +108,10 @@ class C3D(Backbone):
 
     def __init__(self, num_classes: int = 487, *, width_mult: float = 1.0, fc_width: int | None = None,
                  input_size: Sequence[int] = C3D_INPUT_SIZE, dropout: float = 0.5, in_chans: int | None = None,
-                 batch_norm: bool = False):
+                 batch_norm: bool = False, pool5: Literal["caffe", "port"] = "caffe"):
         super().__init__()
+        if pool5 not in POOL5_MODES:
+            raise ValueError(f"C3D: pool5 must be one of {', '.join(POOL5_MODES)}, got {pool5!r}")
         if width_mult <= 0:
             raise ValueError(f"C3D: width_mult must be positive, got {width_mult}")
         if len(input_size) != 4:
@@ -80,9 +136,14 @@ class C3D(Backbone):
                 previous, index = widths[index], index + 1
             # pool1 is 1x2x2 (Section 3.2: keep the temporal signal through the first layer), others 2x2x2
             kernel = (1, 2, 2) if stage == 1 else (2, 2, 2)
-            layers[f"pool{stage}"] = nn.MaxPool3d(kernel, kernel, ceil_mode=True)
-            frames = conv_output_size_ceil(frames, kernel[0], kernel[0])
-            height, width = (conv_output_size_ceil(s, 2, 2) for s in (height, width))
+            if stage == 5 and pool5 == "port":  # the public port's pool5: pad H and W by 1, floor rounding
+                layers["pool5"] = nn.MaxPool3d(kernel, kernel, padding=(0, 1, 1))
+                frames = frames // 2
+                height, width = ((s + 2 - 2) // 2 + 1 for s in (height, width))
+            else:
+                layers[f"pool{stage}"] = nn.MaxPool3d(kernel, kernel, ceil_mode=True)
+                frames = conv_output_size_ceil(frames, kernel[0], kernel[0])
+                height, width = (conv_output_size_ceil(s, 2, 2) for s in (height, width))
             reduction *= 2  # spatial stride, timm's convention
             setattr(self, f"stage{stage}", nn.Sequential(OrderedDict(layers)))
             self.stage_names.append(f"stage{stage}")
@@ -111,6 +172,20 @@ class C3D(Backbone):
                 else:  # fc6/fc7 feed ReLUs: He init keeps the signal's scale through the 2 hidden layers
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Called by ``densecnn.load_weights``: the public Sports-1M port's keys (see the module docstring) are
+        renamed to ours and its conv1 turned to RGB input; our own state_dicts pass unchanged."""
+        return port_to_densecnn(state) if is_port_state_dict(state) else state
+
+    def weights_mismatch_hint(self, keys: list[str]) -> str:
+        """Why fc6 may not fit: its inputs are pool5's size, set by the clip size (and ``pool5``)."""
+        if not any(k.startswith("fc6.") for k in keys):
+            return ""
+        c, t, h, w = self.input_size
+        return (f". C3D's fc6 takes pool5's {'x'.join(map(str, self.pool5_shape))} map of {c}x{t}x{h}x{w} clips; "
+                f"the Sports-1M weights need 3x16x112x112 clips (fc6 of 512x1x4x4 = 8192 inputs), full width "
+                f"(width_mult 1) and no batch_norm")
 
     def stage_modules(self) -> list[list[str]]:
         return [[name] for name in self.stage_names]  # conv group + its pool; fc6/fc7 are the head

@@ -1,10 +1,17 @@
 """Video classification data: ``root/<class>/<video>.{mp4,avi}``, decoded with PyAV, served as clips.
 
-* Splits: UCF101's lists (``classInd.txt``, ``trainlistNN.txt``, ``testlistNN.txt``, in ``root`` or
-  ``root/ucfTrainTestlist``) when present, otherwise a deterministic split (``video_splits``).
-* Decoding (``decode_video``): every frame, converted to RGB and resized by swscale to ``resize`` (C3D's
-  128x171, Tran et al. Section 3.2; an int scales the short side and keeps the aspect ratio); optionally cached on disk as ``.npy`` (``cache_dir``), so later epochs
-  read the resized frames instead of decoding again.
+* Samples and splits (``densecnn.data.video_lists``, re-exported here): a sample is a video file or a frame
+  folder; splits come from UCF101's lists, Kinetics CSVs or MMAction2 lists when present or asked for,
+  otherwise from a deterministic per-class split of the class folders (``video_splits``).
+* Decoding: frames are converted to RGB and resized by swscale to ``resize`` (C3D's 128x171, Tran et al.
+  Section 3.2; an int scales the short side and keeps the aspect ratio). An item decodes only the frames its
+  clips use (``FrameStore.read`` -> ``decode_frames``): it seeks to the keyframe before a clip and decodes
+  forward to the clip's last frame, mapping frames to indices by the timestamps demuxed once per file
+  (``video_index``); clips close together share one forward pass (``seek_runs``). The frames are the arrays
+  a whole decode (``decode_video``) gives. With ``cache_dir`` a video is instead decoded whole once and cached
+  on disk as ``.npy``, so later epochs read the resized frames instead of decoding again.
+* Frame folders: a sample that is a directory of numbered images (``img_00001.jpg``, ``000001.png``: MMAction2's
+  rawframes) is read image by image, only the clip's frames, resized like decoded frames.
 * Clips: ``clip_len`` frames taken every ``frame_stride`` frames. Training draws one random clip per video
   per visit; evaluation takes ``clips_per_video`` uniformly spaced clips (their starts evenly spread from the
   first possible start to the last), and the video's prediction is the softmax averaged over them.
@@ -28,21 +35,25 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import av
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .image_folder import DataError
+from .video_lists import (FRAME_SUFFIXES, SPLIT_LIST_DIRS, VIDEO_SUFFIXES, find_split_lists,  # noqa: F401
+                          find_video_classes, is_frame_dir, read_split_lists, samples_in, video_splits)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
-SPLIT_LIST_DIRS = ("", "ucfTrainTestlist")
 ShortVideoPolicy = Literal["loop", "pad"]
 C3D_RESIZE = (128, 171)
 
@@ -121,17 +132,228 @@ def decode_video(path: str | os.PathLike, resize: int | Sequence[int] | None = C
     return np.stack(frames)
 
 
-class FrameStore:
-    """Decoded, resized frames of a video; from ``cache_dir`` when it holds them (memory-mapped ``.npy``).
+# ---- decoding only what a clip needs (seek) ------------------------------------------------------------------
+# A frame's index is its rank among the stream's presentation timestamps, read once per file by demuxing the
+# packets without decoding them (about 1.5 ms for 250 packets, against about 1 ms to decode ONE 320x240 frame).
+# This is torchvision.io's ``read_video_timestamps`` idea: exact with B-frames (packets arrive in decode order),
+# negative first timestamps (edit lists) and variable frame rates, where index = pts * time_base * fps is not.
+# The packets' keyframe flags tell where a decoder can start, so a clip seeks to the last keyframe at or
+# before its first frame and decodes forward to its last (Tran et al. train on random 16-frame clips,
+# Section 3.2: decoding whole videos for them costs 10-20x the frames used).
+SEEK_SAVING_FRAMES = 4  # seek to the next clip only when that skips more than this many frames of decoding
+INDEX_MEMO_SIZE = 4096  # files whose timestamp index a FrameStore keeps (per worker process)
+FRAME_IMAGE_PREFERRED_PREFIX = "img_"  # MMAction2's rawframes keep RGB frames beside flow_x_/flow_y_ images
 
-    A cache entry is keyed by the file's absolute path, size, modification time and the resize, so an edited
-    video or another resolution is decoded again. Entries are written atomically (several workers may decode
-    the same video at once).
+
+class FrameCountChanged(Exception):
+    """Decoding showed that a video has fewer frames than its index said (the store now knows the real count,
+    within the tolerated shortfall): plan the clips again with ``FrameStore.num_frames``."""
+
+
+class _CannotSeek(Exception):
+    """The file's timestamps do not map decoded frames to indices one to one: decode it whole instead."""
+
+
+@dataclass
+class VideoIndex:
+    """A video stream's sorted presentation timestamps (frame i has ``pts[i]``), the indices of its keyframes,
+    the frame count its header announces (0 when it does not say) and the usable frame count."""
+
+    pts: np.ndarray
+    keyframes: np.ndarray
+    announced: int
+    num_frames: int
+    seekable: bool = True
+
+    def index_of(self, pts: int | None) -> int:
+        if pts is None:
+            raise _CannotSeek("a decoded frame has no timestamp")
+        i = int(np.searchsorted(self.pts, pts))
+        if i >= len(self.pts) or self.pts[i] != pts:
+            raise _CannotSeek(f"a decoded frame's timestamp {pts} is not among the packets'")
+        return i
+
+    def keyframe_at_or_before(self, index: int) -> int:
+        """Position in ``keyframes`` of the last keyframe at or before frame ``index`` (-1: none)."""
+        return int(np.searchsorted(self.keyframes, index, side="right")) - 1
+
+
+def video_index(path: str | os.PathLike) -> VideoIndex:
+    """Demux (without decoding) the first video stream of ``path``: see ``VideoIndex``. A file whose packets lack
+    timestamps or repeat one is marked not seekable (it is decoded whole). Raises DataError naming the file when
+    it cannot be read, holds no frames, or announces more frames than it holds beyond ``check_frame_count``'s
+    tolerance."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            announced = announced_frames(stream)
+            pts, keys = [], []
+            for packet in container.demux(stream):
+                if packet.size:  # the demuxer ends with an empty flush packet
+                    pts.append(packet.pts)
+                    keys.append(packet.is_keyframe)
+    except av.FFmpegError as err:
+        raise DataError(f"{path}: cannot read video; the file is corrupt or truncated ({err})") from err
+    if not pts:
+        raise DataError(f"{path}: holds no decodable video frames (corrupt or truncated file)")
+    check_frame_count(path, announced, len(pts))
+    if any(p is None for p in pts):
+        return VideoIndex(np.zeros(0, np.int64), np.zeros(0, np.int64), announced, len(pts), seekable=False)
+    pts_array = np.asarray(pts, dtype=np.int64)
+    order = np.argsort(pts_array, kind="stable")
+    sorted_pts = pts_array[order]
+    seekable = bool(np.all(np.diff(sorted_pts) > 0))
+    keyframes = np.flatnonzero(np.asarray(keys, dtype=bool)[order])
+    return VideoIndex(sorted_pts, keyframes, announced, len(pts), seekable=seekable and len(keyframes) > 0)
+
+
+def _rgb(frame: av.VideoFrame, resize: int | Sequence[int] | None) -> np.ndarray:
+    """One decoded frame as (H, W, 3) uint8 RGB, resized by swscale (the same call as ``decode_video``)."""
+    if resize is None:
+        return frame.to_ndarray(format="rgb24")
+    height, width = resized_shape(frame.height, frame.width, resize)
+    return frame.to_ndarray(format="rgb24", height=height, width=width)
+
+
+def seek_runs(index: VideoIndex, wanted: np.ndarray) -> list[np.ndarray]:
+    """Split sorted unique frame indices into runs decoded in one forward pass each: a new run (a new seek)
+    starts where the keyframe before the next wanted frame lies more than ``SEEK_SAVING_FRAMES`` after the
+    previous wanted frame, i.e. where seeking skips decoding that decoding forward would do. Clips that cover
+    most of a video therefore share one pass; clips far apart seek each."""
+    runs, begin = [], 0
+    for j in range(1, len(wanted)):
+        k = index.keyframe_at_or_before(int(wanted[j]))
+        if k >= 0 and index.keyframes[k] > wanted[j - 1] + SEEK_SAVING_FRAMES:
+            runs.append(wanted[begin:j])
+            begin = j
+    runs.append(wanted[begin:])
+    return runs
+
+
+def _decode_forward(container, stream, index: VideoIndex, run: np.ndarray, resize) -> tuple[dict, int, int]:
+    """Decode from the current (just sought) position: ``({i: frame} for i in run, first trusted index, last
+    decoded index)``; stops after ``run[-1]``. Frames output before the first keyframe (an open GOP's leading
+    B-frames, whose references were skipped) are not trusted; the decoded indices must follow one another."""
+    wanted, out = set(run.tolist()), {}
+    first = last = -1
+    for frame in container.decode(stream):
+        if first < 0:
+            if not frame.key_frame:
+                continue
+            first = last = index.index_of(frame.pts)
+            if first > run[0]:
+                return out, first, last  # landed after the first wanted frame: seek further back
+        else:
+            i = index.index_of(frame.pts)
+            if i != last + 1:
+                raise _CannotSeek(f"decoded frame {i} follows frame {last}")
+            last = i
+        if last in wanted:
+            out[last] = _rgb(frame, resize)
+        if last >= run[-1]:
+            break
+    return out, first, last
+
+
+def decode_frames(path: str | os.PathLike, index: VideoIndex, indices: np.ndarray,
+                  resize: int | Sequence[int] | None = C3D_RESIZE) -> np.ndarray:
+    """Frames ``indices`` (any order, repeats allowed) of ``path`` as (len(indices), H, W, 3) uint8 RGB, the
+    same arrays ``decode_video(path, resize)[indices]`` gives, decoding only from the keyframe before each run
+    of wanted frames (``seek_runs``) to its last frame.
+
+    Raises FrameCountChanged (after ``check_frame_count``: a DataError for real truncation) when the stream
+    ends before a wanted frame, and _CannotSeek when timestamps do not map frames to indices.
+    """
+    wanted = np.unique(indices)
+    frames: dict[int, np.ndarray] = {}
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for run in seek_runs(index, wanted):
+                k = index.keyframe_at_or_before(int(run[0]))
+                while True:
+                    target = index.pts[index.keyframes[k]] if k >= 0 else index.pts[0]
+                    container.seek(int(target), stream=stream, backward=True, any_frame=False)
+                    got, first, last = _decode_forward(container, stream, index, run, resize)
+                    if 0 <= first <= run[0]:
+                        break
+                    if first < 0 or k <= 0:
+                        raise _CannotSeek("no keyframe before the wanted frames")
+                    k -= 1  # the seek landed after the wanted frame (e.g. a B-frame pyramid): one keyframe back
+                if last < run[-1]:  # the stream ended early: fewer frames decode than its packets
+                    check_frame_count(path, index.announced or len(index.pts), last + 1)
+                    index.num_frames = last + 1
+                    raise FrameCountChanged(path)
+                frames.update(got)
+    except av.FFmpegError as err:
+        raise DataError(f"{path}: cannot decode video; the file is corrupt or truncated ({err})") from err
+    return np.stack([frames[int(i)] for i in indices])
+
+
+# ---- frame folders (MMAction2's rawframes: <video>/img_00001.jpg ...) ------------------------------------------
+def frame_folder_images(folder: str | os.PathLike) -> list[Path]:
+    """The frame images of ``folder`` in frame order: .jpg/.jpeg/.png files named by a number (``img_00001.jpg``,
+    ``000001.png``), sorted by it. When several name prefixes are present (MMAction2 keeps ``flow_x_``/``flow_y_``
+    beside ``img_``), ``img_`` is used. Raises DataError naming the folder for no frames, mixed prefixes without
+    ``img_``, a repeated number or a gap in the numbering."""
+    folder = Path(folder)
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for p in folder.iterdir():
+        match = re.fullmatch(r"(.*?)(\d+)", p.stem)
+        if match and p.suffix.lower() in FRAME_SUFFIXES and p.is_file():
+            groups.setdefault(match.group(1), []).append((int(match.group(2)), p))
+    if not groups:
+        raise DataError(f"{folder}: frame folder holds no numbered frame images ({', '.join(FRAME_SUFFIXES)}, "
+                        f"e.g. img_00001.jpg)")
+    if len(groups) > 1 and FRAME_IMAGE_PREFERRED_PREFIX not in groups:
+        raise DataError(f"{folder}: frame images with several name prefixes {sorted(groups)}; expected one "
+                        f"(or {FRAME_IMAGE_PREFERRED_PREFIX!r} among them)")
+    prefix = next(iter(groups)) if len(groups) == 1 else FRAME_IMAGE_PREFERRED_PREFIX
+    numbered = sorted(groups[prefix])
+    for (a, pa), (b, pb) in itertools.pairwise(numbered):
+        if b == a:
+            raise DataError(f"{folder}: two frame images carry number {a}: {pa.name} and {pb.name}")
+        if b != a + 1:
+            raise DataError(f"{folder}: frame numbering has a gap: {pa.name} is followed by {pb.name} "
+                            f"(frames {a + 1}..{b - 1} are missing)")
+    return [p for _, p in numbered]
+
+
+def read_frame_image(path: Path, resize: int | Sequence[int] | None = C3D_RESIZE) -> np.ndarray:
+    """One frame image as (H, W, 3) uint8 RGB, resized by swscale like a decoded video frame (``_rgb``)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # frames carry no EXIF turn
+    if bgr is None:
+        raise DataError(f"{path}: cannot read frame image (corrupt or not an image)")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if resize is None:
+        return rgb
+    return _rgb(av.VideoFrame.from_ndarray(rgb, format="rgb24"), resize)
+
+
+class FrameStore:
+    """Decoded, resized frames of a video file or a frame folder.
+
+    * ``num_frames(path)`` then ``read(path, indices)``: the frames a clip needs. Without ``cache_dir`` a video
+      file is sought and decoded from the keyframe before the clip (``decode_frames``; ``seek=False`` decodes
+      the whole video every time instead), and a frame folder reads just those images.
+    * With ``cache_dir``, a video file's first visit decodes it whole and stores the frames as ``.npy``; later
+      visits memory-map them. An entry is keyed by the file's absolute path, size, modification time and the
+      resize, so an edited video or another resolution is decoded again, and is written atomically (several
+      workers may decode the same video at once). Frame folders are not cached (they are read per frame).
+    * ``load(path)``: all frames (the cache entry, or a whole decode).
+
+    Per-file timestamp indices and folder listings are kept in memory (``INDEX_MEMO_SIZE`` files, per worker).
     """
 
-    def __init__(self, resize: int | Sequence[int] | None = C3D_RESIZE, cache_dir: str | os.PathLike | None = None):
+    def __init__(self, resize: int | Sequence[int] | None = C3D_RESIZE, cache_dir: str | os.PathLike | None = None,
+                 seek: bool = True):
         self.resize = resize if resize is None or isinstance(resize, (int, np.integer)) else tuple(resize)
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.seek = seek
+        self._memo: OrderedDict[str, VideoIndex | list[Path]] = OrderedDict()
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -144,6 +366,8 @@ class FrameStore:
         return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
     def load(self, path: str | os.PathLike) -> np.ndarray:
+        if Path(path).is_dir():
+            return np.stack([read_frame_image(p, self.resize) for p in self._listing(path)])
         if not Path(path).is_file():
             raise DataError(f"{path}: video file not found")
         cached = self.cache_path(path)
@@ -158,6 +382,59 @@ class FrameStore:
             np.save(tmp, frames)
             os.replace(tmp, cached)
         return frames
+
+    def _remember(self, key: str, value):
+        self._memo[key] = value
+        if len(self._memo) > INDEX_MEMO_SIZE:
+            self._memo.popitem(last=False)
+        return value
+
+    def _listing(self, folder: str | os.PathLike) -> list[Path]:
+        key = str(folder)
+        if key not in self._memo:
+            self._remember(key, frame_folder_images(folder))
+        return self._memo[key]
+
+    def _index(self, path: str | os.PathLike) -> VideoIndex:
+        key = str(path)
+        if key not in self._memo:
+            self._remember(key, video_index(path))
+        return self._memo[key]
+
+    def _decodes_whole(self) -> bool:
+        return self.cache_dir is not None or not self.seek
+
+    def num_frames(self, path: str | os.PathLike) -> int:
+        """Frames of ``path``: the images of a frame folder; for a video file its packets (memoised), or the
+        decoded frames when it is cached, seeking is off, or its timestamps do not allow seeking."""
+        if Path(path).is_dir():
+            return len(self._listing(path))
+        if self._decodes_whole():
+            return len(self.load(path))
+        if not Path(path).is_file():
+            raise DataError(f"{path}: video file not found")
+        return self._index(path).num_frames
+
+    def read(self, path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Frames ``indices`` (below ``num_frames(path)``) as (N, H, W, 3) uint8 RGB. Raises FrameCountChanged
+        when decoding finds fewer frames than ``num_frames`` said (ask it again), DataError for a bad file."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if Path(path).is_dir():
+            listing = self._listing(path)
+            return np.stack([read_frame_image(listing[int(i)], self.resize) for i in indices])
+        if not self._decodes_whole():
+            index = self._index(path)
+            if index.seekable:
+                try:
+                    return decode_frames(path, index, indices, self.resize)
+                except _CannotSeek:
+                    index.seekable = False  # decoded whole from now on
+        frames = self.load(path)
+        if len(frames) <= indices.max(initial=0):
+            if not self._decodes_whole():
+                self._index(path).num_frames = len(frames)
+            raise FrameCountChanged(path)
+        return frames[indices]
 
 
 # ---- clip sampling ---------------------------------------------------------------------------------------------
@@ -200,121 +477,8 @@ def three_crop_offsets(height: int, width: int, crop_size: int) -> list[tuple[in
     return [(across, a) if width >= height else (a, across) for a in along]
 
 
-# ---- discovery and splits --------------------------------------------------------------------------------------
-def _videos_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
-
-
-def find_split_lists(root: Path, split: int = 1) -> dict[str, Path] | None:
-    """UCF101's ``classInd.txt``/``trainlistNN.txt``/``testlistNN.txt`` under ``root`` (or its
-    ``ucfTrainTestlist``), or None when there is no ``classInd.txt``."""
-    for sub in SPLIT_LIST_DIRS:
-        folder = root / sub
-        if (folder / "classInd.txt").is_file():
-            files = {"classes": folder / "classInd.txt", "train": folder / f"trainlist{split:02d}.txt",
-                     "test": folder / f"testlist{split:02d}.txt"}
-            for key in ("train", "test"):
-                if not files[key].is_file():
-                    raise DataError(f"{files[key]}: split list not found (classInd.txt is in {folder})")
-            return files
-    return None
-
-
-def _read_lines(path: Path) -> list[tuple[int, str]]:
-    return [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
-
-
-def read_split_lists(root: Path, files: dict[str, Path]) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    """Class names (``classInd.txt`` order) and ``{"train": [(path, label)], "test": [...]}``."""
-    classes: list[str] = []
-    for n, line in _read_lines(files["classes"]):
-        match = re.fullmatch(r"(\d+)\s+(\S+)", line)
-        if not match or int(match.group(1)) != len(classes) + 1:
-            raise DataError(f"{files['classes']}:{n}: expected '<index> <class>' with indices 1, 2, ... in "
-                            f"order, got {line!r}")
-        classes.append(match.group(2))
-    if not classes:
-        raise DataError(f"{files['classes']}: no classes listed")
-    index = {name: i for i, name in enumerate(classes)}
-    for name in classes:
-        folder = root / name
-        if not folder.is_dir():
-            raise DataError(f"{folder}: class folder listed in {files['classes']} does not exist")
-        if not _videos_in(folder):
-            raise DataError(f"{folder}: class folder holds no videos ({', '.join(VIDEO_SUFFIXES)})")
-    splits: dict[str, list[tuple[str, int]]] = {}
-    for split in ("train", "test"):
-        samples = []
-        for n, line in _read_lines(files[split]):
-            parts = line.split()
-            relative = parts[0]
-            class_name = relative.replace("\\", "/").split("/")[0]
-            if class_name not in index:
-                raise DataError(f"{files[split]}:{n}: class {class_name!r} of {relative!r} is not in "
-                                f"{files['classes'].name}")
-            if len(parts) > 1 and int(parts[1]) != index[class_name] + 1:
-                raise DataError(f"{files[split]}:{n}: label {parts[1]} of {relative!r} contradicts "
-                                f"{files['classes'].name} ({class_name} is {index[class_name] + 1})")
-            path = root / relative
-            if not path.is_file():
-                raise DataError(f"{files[split]}:{n}: listed video {path} does not exist")
-            samples.append((str(path), index[class_name]))
-        if not samples:
-            raise DataError(f"{files[split]}: lists no videos")
-        splits[split] = samples
-    return classes, splits
-
-
-def find_video_classes(root: Path) -> list[str]:
-    """Class folders of ``root`` (hidden folders and ``ucfTrainTestlist`` excluded); each must hold videos."""
-    if not root.is_dir():
-        raise DataError(f"{root}: video folder not found (expected {root}/<class>/<video>.mp4)")
-    classes = sorted(p.name for p in root.iterdir()
-                     if p.is_dir() and not p.name.startswith(".") and p.name not in SPLIT_LIST_DIRS)
-    if not classes:
-        raise DataError(f"{root}: no class folders (expected {root}/<class>/<video>.mp4)")
-    for name in classes:
-        if not _videos_in(root / name):
-            raise DataError(f"{root / name}: class folder holds no videos ({', '.join(VIDEO_SUFFIXES)})")
-    return classes
-
-
-def video_splits(root: str | os.PathLike, *, split: int = 1, val_fraction: float = 0.2, test_fraction: float = 0.2,
-                 seed: int = 0) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    """Class names and ``{"train", "val", "test"}`` lists of ``(path, label)``.
-
-    With UCF101 lists: train and test as listed, and ``val`` is the test list (UCF101 has no validation
-    split; this is the usual practice, so model selection on ``val`` is selection on the test split).
-    Without them: per class, the sorted videos are shuffled with ``seed`` and the first ``val_fraction`` go
-    to val, the next ``test_fraction`` to test, the rest (at least one video) to train.
-    """
-    root = Path(root)
-    files = find_split_lists(root, split)
-    if files is not None:
-        classes, lists = read_split_lists(root, files)
-        return classes, {"train": lists["train"], "val": lists["test"], "test": lists["test"]}
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
-                         f"and leave videos for training")
-    classes = find_video_classes(root)
-    splits: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
-    for label, name in enumerate(classes):
-        videos = [str(p) for p in _videos_in(root / name)]
-        order = np.random.default_rng([seed, label]).permutation(len(videos))
-        n_val = int(round(val_fraction * len(videos)))
-        n_test = int(round(test_fraction * len(videos)))
-        while n_val + n_test >= len(videos):  # keep at least one training video per class
-            if n_val >= n_test:
-                n_val -= 1
-            else:
-                n_test -= 1
-        chosen = [videos[i] for i in order]
-        splits["val"] += [(p, label) for p in chosen[:n_val]]
-        splits["test"] += [(p, label) for p in chosen[n_val:n_val + n_test]]
-        splits["train"] += [(p, label) for p in chosen[n_val + n_test:]]
-    for key in ("train", "val", "test"):
-        splits[key].sort()
-    return classes, splits
+# ---- discovery and splits: densecnn.data.video_lists (class folders, UCF101 / Kinetics / MMAction2 lists,
+# frame folders), re-exported above ------------------------------------------------------------------------
 
 
 # ---- the dataset -----------------------------------------------------------------------------------------------
@@ -393,8 +557,8 @@ class VideoClipDataset(Dataset):
             return int(np.random.default_rng([self.seed, index]).integers(2**31 - 1))
         return int(torch.randint(2**31 - 1, ()).item())
 
-    def _clip(self, frames: np.ndarray, start: int, seed: int, crop: tuple[int, int] | None = None) -> torch.Tensor:
-        clip = frames[clip_indices(len(frames), start, self.clip_len, self.frame_stride, self.short_video_policy)]
+    def _clip(self, clip: np.ndarray, seed: int, crop: tuple[int, int] | None = None) -> torch.Tensor:
+        """(C, T, H, W) tensor of a clip's (T, H, W, 3) frames, cropped to ``crop`` and transformed."""
         if crop is not None:
             top, left = crop
             clip = clip[:, top:top + self.crop_size, left:left + self.crop_size]
@@ -407,28 +571,40 @@ class VideoClipDataset(Dataset):
             out = self.transform(images=clip)["images"]  # (T, C, H, W), one set of parameters for all frames
         return out.permute(1, 0, 2, 3).contiguous()  # (C, T, H, W), the layout of Conv3d
 
-    def _crops(self, path: str, frames: np.ndarray) -> list[tuple[int, int] | None]:
+    def _crops(self, path: str, height: int, width: int) -> list[tuple[int, int] | None]:
         if self.crops_per_clip == 1:
             return [None]
         try:
-            return three_crop_offsets(frames.shape[1], frames.shape[2], self.crop_size)
+            return three_crop_offsets(height, width, self.crop_size)
         except ValueError as err:
             raise DataError(f"{path}: cannot cut crops_per_clip=3 views: {err}") from err
 
     def __getitem__(self, index: int) -> dict:
         path, label = self.samples[index]
-        frames = self.frames.load(path)
-        rng = np.random.default_rng(self._sample_seed(index))
+        seed = self._sample_seed(index)
+        try:
+            return self._item(index, path, label, seed)
+        except FrameCountChanged:  # the video ended before its index said: the same draws, the real count
+            return self._item(index, path, label, seed)
+
+    def _item(self, index: int, path: str, label: int, seed: int) -> dict:
+        num_frames = self.frames.num_frames(path)
+        rng = np.random.default_rng(seed)
         if self.sampling == "random":
-            starts = np.array([random_start(rng, len(frames), self.span)])
+            starts = np.array([random_start(rng, num_frames, self.span)])
         else:
-            starts = uniform_starts(len(frames), self.span, self.clips_per_video)
-        crops = self._crops(path, frames)
-        views = [(int(s), c) for s in starts for c in crops]  # clip-major
+            starts = uniform_starts(num_frames, self.span, self.clips_per_video)
+        clip_frames = [clip_indices(num_frames, int(s), self.clip_len, self.frame_stride, self.short_video_policy)
+                       for s in starts]
+        # only the frames the clips use are decoded (or read from the cache / the frame folder)
+        frames = self.frames.read(path, np.concatenate(clip_frames))
+        frames = frames.reshape(len(starts), self.clip_len, *frames.shape[1:])
+        crops = self._crops(path, frames.shape[2], frames.shape[3])
+        views = [(k, int(s), c) for k, s in enumerate(starts) for c in crops]  # clip-major
         seeds = rng.integers(2**31 - 1, size=len(views))  # its own augmentation draw for every view
-        clips = [self._clip(frames, s, int(seed), c) for (s, c), seed in zip(views, seeds)]
+        clips = [self._clip(frames[k], int(view_seed), c) for (k, _, c), view_seed in zip(views, seeds)]
         item = {"video": clips[0] if self.sampling == "random" else torch.stack(clips), "label": label, "path": path,
-                "index": index, "starts": torch.tensor([s for s, _ in views]), "num_frames": len(frames)}
+                "index": index, "starts": torch.tensor([s for _, s, _ in views]), "num_frames": num_frames}
         if self.crops_per_clip > 1:
-            item["crops"] = torch.tensor([c for _, c in views])
+            item["crops"] = torch.tensor([c for _, _, c in views])
         return item

@@ -1,4 +1,5 @@
-"""Video folders (``root/<class>/<video>.{mp4,avi}``, UCF101 split lists when present) as clips.
+"""Video folders (``root/<class>/<video>.{mp4,avi}`` or frame folders ``<video>/img_00001.jpg``; UCF101 lists,
+Kinetics CSVs or MMAction2 lists when present or asked for, ``list_format``) as clips.
 
 Training batches: ``{"video": (B, C, T, H, W), "label": (B,), ...}``, one random clip per video.
 Evaluation and predict batches: ``{"video": (B, K, C, T, H, W), ...}``, each video's ``clips_per_video``
@@ -11,11 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from torch.utils.data import Dataset
+
 from densecnn.data import DataError, build_pipeline
 from densecnn.data.synthetic.common import has_files
 from densecnn.data.synthetic.video import write_video_dataset
 from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from densecnn.data.video import VIDEO_SUFFIXES, FrameStore, VideoClipDataset, find_video_classes, video_splits
+from densecnn.data.video_lists import LIST_FORMATS, SAMPLE_KINDS, is_frame_dir, samples_in
 from densecnn.errors import ConfigError
 
 from .base import BaseDataModule
@@ -67,6 +71,8 @@ class VideoFolderDataModule(BaseDataModule):
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         split_seed: int = 0,
+        list_format: Literal["auto", "ucf101", "kinetics", "mmaction", "folder"] = "auto",
+        list_files: dict[str, str] | None = None,
         train_sampling: Literal["random", "uniform"] = "random",
         short_video_policy: Literal["loop", "pad"] = "loop",
         cache_dir: str | None = None,
@@ -97,6 +103,11 @@ class VideoFolderDataModule(BaseDataModule):
                 preset's evaluation form.
             split: which UCF101 split lists to read (1, 2 or 3). Without lists: ``val_fraction`` and
                 ``test_fraction`` of each class, chosen with ``split_seed``.
+            list_format: where the splits come from (``densecnn.data.video_lists``): ``auto`` (default: UCF101's
+                ``classInd.txt`` lists if present, else Kinetics' ``train.csv``/``validate.csv``/``test.csv`` in
+                ``root`` or ``root/annotations``, else the per-class folder split), ``ucf101``, ``kinetics``,
+                ``mmaction`` (MMAction2 list files, ``list_files``: ``{train, val[, test]}`` paths relative to
+                ``root``) or ``folder``. Samples may be video files or frame folders (``<video>/img_00001.jpg``).
             train_sampling: ``random`` (one random clip per video per epoch) or ``uniform`` (every video's
                 ``clips_per_video`` clips; the feature protocol's training set).
             short_video_policy: ``loop`` or ``pad`` for videos shorter than a clip (``densecnn.data.video``).
@@ -113,6 +124,11 @@ class VideoFolderDataModule(BaseDataModule):
         if crops_per_clip not in (1, 3):
             raise ConfigError(f"data.init_args.crops_per_clip must be 1 (one crop) or 3 (left/centre/right), got "
                               f"{crops_per_clip}")
+        if list_format not in LIST_FORMATS:
+            raise ConfigError(f"data.init_args.list_format must be one of {', '.join(LIST_FORMATS)}, got "
+                              f"{list_format!r}")
+        if list_files is not None and list_format not in ("auto", "mmaction"):
+            raise ConfigError(f"data.init_args.list_files is for list_format 'mmaction', not {list_format!r}")
         super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last)
         self.save_hyperparameters()
         self.clip_len, self.frame_stride, self.clips_per_video = clip_len, frame_stride, clips_per_video
@@ -147,9 +163,11 @@ class VideoFolderDataModule(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
         self.check_root(" (set data.init_args.synthetic: true to generate the embedded synthetic data there)")
-        self.class_names, splits = video_splits(self.root, split=h.split, val_fraction=h.val_fraction,
-                                                test_fraction=h.test_fraction, seed=h.split_seed)
+        self.class_names, splits = video_splits(self.root, list_format=h.list_format, split=h.split,
+                                                val_fraction=h.val_fraction, test_fraction=h.test_fraction,
+                                                seed=h.split_seed, list_files=h.list_files)
         self.splits = splits
+        self.descriptor_sets: dict[str, Dataset] = {}  # the feature protocol's, set by the task per fit
         if stage in ("fit", None):
             self.train_set = self._dataset(splits["train"], train=True)
         if stage in ("fit", "validate", None):
@@ -158,6 +176,37 @@ class VideoFolderDataModule(BaseDataModule):
             self.test_set = self._dataset(self._nonempty(splits, "test"), train=False)
         if stage == "predict":
             self.predict_set = self._dataset(self._predict_samples(splits), train=False)
+
+    # ---- the feature protocol (tasks.video): each video embedded once, then the probe trains on descriptors ----
+    def descriptor_source(self, split: Literal["train", "val"]) -> VideoClipDataset:
+        """The ``split``'s videos as the feature protocol embeds them, the training videos included: the
+        evaluation transform on ``clips_per_video`` uniform clips (x ``crops_per_clip`` crops), no random draw."""
+        samples = self.splits["train"] if split == "train" else self._nonempty(self.splits, "val")
+        return self._dataset(samples, train=False)
+
+    def descriptor_identity(self, dataset: VideoClipDataset) -> dict[str, Any]:
+        """What a ``descriptor_source`` dataset's descriptors depend on besides the backbone: every sample's file
+        (path, label, size, modification time) and the clip and transform settings. The feature cache's key."""
+        h = self.hparams
+        files = []
+        for path, label in dataset.samples:
+            stat = Path(path).stat()
+            files.append([str(path), int(label), stat.st_size, stat.st_mtime_ns])
+        return {"files": files, "transform": repr(self.eval_transform),
+                **{key: h[key] for key in ("clip_len", "frame_stride", "clips_per_video", "crops_per_clip",
+                                           "crop_size", "resize", "short_video_policy")}}
+
+    def use_descriptors(self, datasets: dict[str, Dataset]) -> None:
+        """Serve these datasets (``train``, ``val``) instead of the videos for the rest of this fit."""
+        self.descriptor_sets = dict(datasets)
+
+    def train_dataloader(self):
+        descriptors = getattr(self, "descriptor_sets", {})
+        return self.train_loader(descriptors["train"]) if "train" in descriptors else super().train_dataloader()
+
+    def val_dataloader(self):
+        descriptors = getattr(self, "descriptor_sets", {})
+        return self.eval_loader(descriptors["val"]) if "val" in descriptors else super().val_dataloader()
 
     def _nonempty(self, splits: dict, name: str) -> list:
         if not splits[name]:
@@ -170,12 +219,12 @@ class VideoFolderDataModule(BaseDataModule):
             return self._nonempty(splits, "test")
         if not self.predict_root.is_dir():
             raise DataError(f"data.init_args.predict_root: {self.predict_root} does not exist")
-        if any(p.is_dir() and not p.name.startswith(".") for p in self.predict_root.iterdir()):
+        # class folders, or flat: videos and frame folders directly in predict_root
+        if any(p.is_dir() and not p.name.startswith(".") and not is_frame_dir(p) for p in self.predict_root.iterdir()):
             classes = find_video_classes(self.predict_root)
             index = {name: i for i, name in enumerate(self.class_names)}
-            return [(str(p), index.get(c, -1)) for c in classes
-                    for p in sorted((self.predict_root / c).iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
-        videos = sorted(str(p) for p in self.predict_root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+            return [(str(p), index.get(c, -1)) for c in classes for p in samples_in(self.predict_root / c)]
+        videos = [str(p) for p in samples_in(self.predict_root)]
         if not videos:
-            raise DataError(f"{self.predict_root}: no videos to predict on ({', '.join(VIDEO_SUFFIXES)})")
+            raise DataError(f"{self.predict_root}: no {SAMPLE_KINDS} to predict on")
         return [(p, -1) for p in videos]

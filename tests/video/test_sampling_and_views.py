@@ -26,7 +26,7 @@ class CoordinateFrames(FrameStore):
     back from its pixels."""
 
     def __init__(self, num_frames: int = 20, height: int = 24, width: int = 32):
-        super().__init__(resize=None)
+        super().__init__(resize=None, seek=False)  # frames come from load(), as for a cached video
         t, y, x = np.meshgrid(np.arange(num_frames), np.arange(height), np.arange(width), indexing="ij")
         self.array = np.stack([y, x, t], axis=-1).astype(np.uint8)
 
