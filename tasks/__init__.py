@@ -7,8 +7,8 @@ from .datamodules import BaseDataModule, ImageFolderDataModule
 __all__ = ["BaseDataModule", "BaseTask", "CheckpointError", "ClassificationTask", "FreezeBackbone",
            "ImageFolderDataModule", "MetricsJSONWriter", "PredictionWriter"]
 from .dense import DensePredictionTask  # noqa: E402
-from .datamodules.dense import DenseDataModule, NYUDepthV2DataModule  # noqa: E402
-__all__ += ["DenseDataModule", "DensePredictionTask", "NYUDepthV2DataModule"]
+from .datamodules.dense import DenseDataModule, KittiDepthDataModule, NYUDepthV2DataModule  # noqa: E402
+__all__ += ["DenseDataModule", "DensePredictionTask", "KittiDepthDataModule", "NYUDepthV2DataModule"]
 from .detection import DetectionTask, FastRCNNTask, FasterRCNNTask, OverFeatTask, RCNNTask  # noqa: E402
 from .datamodules.detection import CocoDetectionDataModule, VOCDetectionDataModule  # noqa: E402
 __all__ += ["CocoDetectionDataModule", "DetectionTask", "FastRCNNTask", "FasterRCNNTask", "OverFeatTask", "RCNNTask",

@@ -268,7 +268,7 @@ class DenseCNNCLI(LightningCLI):
                     config["ckpt_path"] = None
                     return
                 raise CheckpointError(f"--ckpt_path last: no readable last*.ckpt under {where}")
-            print(f"resuming from {found}", file=sys.stderr)
+            print(f"{'resuming' if subcommand == 'fit' else 'loading the model'} from {found}", file=sys.stderr)
             path = str(found)
             config["ckpt_path"] = path  # recorded in the run's config.yaml
         checkpoint = read_checkpoint(path)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
+from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics import MeanMetric, MetricCollection
 
 from densecnn.constants import IGNORE_LABEL
@@ -32,17 +33,19 @@ from densecnn.data import DataError
 from densecnn.data.dense import (DenseFolderDataset, DenseSampleDataset, read_labels_png, write_depth_png,
                                  write_labels_png)
 from densecnn.errors import ConfigError
-from densecnn.heads.dense import (DENSE_TARGETS, INPUT_MAP_CHANNELS, MultiScaleDenseHead, encode_input_map,
-                                  finish_prediction)
+from densecnn.heads.dense import (DENSE_TARGETS, INPUT_MAP_CHANNELS, MultiScaleDenseHead, backbone_pool5,
+                                  encode_input_map, finish_prediction)
 from densecnn.losses import depth_loss, normals_loss, semantic_loss, valid_depth_mask
 from densecnn.losses.dense import median_frequency_weights
 from densecnn.metrics import DepthMetrics, NormalMetrics, SemanticMetrics
-from densecnn.metrics.dense import eigen_crop_mask, per_class_csv, per_class_markdown, semantic_scores
+from densecnn.metrics.dense import (DEPTH_CROPS, depth_crop_mask, eigen_crop_mask, per_class_csv,
+                                    per_class_markdown, semantic_scores)
 from densecnn.viz import confusion_matrix_image, save_png, to_uint8_images
 from densecnn.viz_dense import colourise_depth, default_palette, dense_panel, labels_to_rgb, normals_to_rgb, overlay
 from densecnn.weights import WeightsError, load_weights
 
 from .base import STAGES, BaseTask, CheckpointError
+from .checkpoints import find_last_checkpoint
 
 #: the metric each target is monitored by (checkpointing, plateau schedule): name, mode
 MONITORS = {"depth": ("depth/rmse", "min"), "normals": ("normals/mean", "min"), "semantic": ("semantic/miou", "max")}
@@ -83,6 +86,8 @@ class DensePredictionTask(BaseTask):
         eval_max_depth: float | None = None,
         eigen_crop: bool = False,
         silog_lambda: float = 1.0,
+        depth_crop: Literal["none", "nyu_eigen", "kitti_garg", "kitti_eigen"] | None = None,
+        median_scaling: bool = False,
         semantic_class_weights: Literal["none", "median_frequency"] = "none",
         **kwargs: Any,
     ):
@@ -95,7 +100,10 @@ class DensePredictionTask(BaseTask):
             depth_lambda, depth_gradient_weight: Eq. 6.1's lambda (1/2) and gradient-term weight (1).
             scale2_loss_weight: weight of the same losses on the scale-2 prediction (0 = final output only).
             coarse_pool, coarse_hidden, coarse_channels, coarse_size, coarse_dropout: scale 1's fully
-                connected layers (paper: 8x6 pool, 4096 units, 64 channels on a 19x14 grid, dropout 0.5).
+                connected layers (paper: 4096 units, 64 channels on a 19x14 grid, dropout 0.5). full_s1_6 reads
+                the backbone's own pool5 (``densecnn.heads.dense.backbone_pool5``) as a ``coarse_pool`` (H, W)
+                map: the identity where pool5 is that size (AlexNet at 304x228: 6x8, the paper's 8x6; VGG:
+                7x9), an adaptive average to it otherwise.
             scale2_image_channels, scale2_widths, scale3_image_channels, scale3_widths, use_scale3, batch_norm:
                 scales 2 and 3 (``densecnn.heads.MultiScaleDenseHead``).
             input_maps, input_map_channels: ground-truth maps (``depth``, ``normals``) fed to scales 2 and 3
@@ -103,11 +111,20 @@ class DensePredictionTask(BaseTask):
                 and normals, 32 filters each); every batch, predict included, must then carry those maps.
             training_stage: ``joint``, or the paper's two stages ``scales12`` then ``scale3`` (module docstring).
             init_checkpoint: a checkpoint of this task (same targets and sizes) whose weights initialise the
-                model when ``fit`` starts, e.g. the ``scales12`` stage's for the ``scale3`` stage.
+                model when ``fit`` starts, e.g. the ``scales12`` stage's for the ``scale3`` stage; or a run folder
+                (stage 1's ``default_root_dir``): the newest readable ``last*.ckpt`` under it.
             eval_min_depth, eval_max_depth, eigen_crop, silog_lambda: the depth evaluation protocol
                 (``densecnn.metrics.DepthMetrics``; NYU: max 10 m and the Eigen crop). Batches carrying the
                 full-resolution ground truth (NYU's ``eval_protocol: eigen``) are always scored with the crop and
                 a 10 m cap unless ``eval_max_depth`` says otherwise (``update_depth_metrics``).
+            depth_crop: the depth evaluation crop by name (``none``, ``nyu_eigen``, ``kitti_garg``,
+                ``kitti_eigen``; ``densecnn.metrics.dense.DEPTH_CROPS``). Unset (default): the crop the data
+                names in its batches (KITTI's ``depth_crop``), else ``nyu_eigen`` when ``eigen_crop`` is on or the
+                batch carries NYU's full-resolution ground truth, else none.
+            median_scaling: multiply each predicted depth map by ``median(gt) / median(pred)`` over its valid
+                pixels before scoring, for monocular, scale-ambiguous models (Zhou et al. 2017, monodepth2);
+                the ratios' median and standard deviation are logged as ``depth/scale_ratio_median`` and
+                ``depth/scale_ratio_std``.
             semantic_class_weights: ``none``, or ``median_frequency`` to weight the semantic loss by class
                 (Eigen & Fergus 2015, SegNet): computed once when ``fit`` starts from the training split's label
                 files (not augmented batches), kept in the checkpoint as the ``class_weights`` buffer.
@@ -137,6 +154,11 @@ class DensePredictionTask(BaseTask):
         unknown = set(loss_weights or {}) - set(targets)
         if unknown:
             raise ValueError(f"model.init_args.loss_weights: {sorted(unknown)} are not among the targets {targets}")
+        if depth_crop is not None and depth_crop not in DEPTH_CROPS:
+            raise ConfigError(f"model.init_args.depth_crop: {depth_crop!r} is not one of {', '.join(DEPTH_CROPS)}")
+        if eigen_crop and depth_crop not in (None, "nyu_eigen"):
+            raise ConfigError(f"model.init_args.eigen_crop: true (NYU's crop) conflicts with depth_crop: {depth_crop}; "
+                              f"set one of them")
         if semantic_class_weights not in ("none", "median_frequency"):
             raise ConfigError(f"model.init_args.semantic_class_weights: {semantic_class_weights!r} is not one of "
                               f"none, median_frequency")
@@ -165,7 +187,8 @@ class DensePredictionTask(BaseTask):
             coarse_size=tuple(h.coarse_size), coarse_dropout=h.coarse_dropout,
             scale2_image_channels=h.scale2_image_channels, scale2_widths=h.scale2_widths,
             scale3_image_channels=h.scale3_image_channels, scale3_widths=h.scale3_widths, scale3=h.use_scale3,
-            batch_norm=h.batch_norm, input_maps=h.input_maps, input_map_channels=h.input_map_channels)
+            batch_norm=h.batch_norm, input_maps=h.input_maps, input_map_channels=h.input_map_channels,
+            pool5=backbone_pool5(self.backbone))  # scale 1 reads the backbone's own pool5 (Sec. 3.1)
         if h.training_stage == "scales12":  # stage one: scale 3 waits (and stays out of the optimizer and DDP)
             self.head.scale3.requires_grad_(False)
 
@@ -203,7 +226,7 @@ class DensePredictionTask(BaseTask):
         h = self.hparams
         parts = []
         if "depth" in h.targets:
-            parts.append(DepthMetrics(prefix="depth/"))
+            parts.append(DepthMetrics(prefix="depth/", median_scaling=h.median_scaling))
         if "normals" in h.targets:
             parts.append(NormalMetrics(prefix="normals/"))
         if "semantic" in h.targets:
@@ -212,8 +235,19 @@ class DensePredictionTask(BaseTask):
 
     def _depth_options(self) -> dict[str, Any]:
         h = self.hparams
-        return dict(min_depth=h.eval_min_depth, max_depth=h.eval_max_depth, eigen_crop=h.eigen_crop,
-                    silog_lambda=h.silog_lambda)
+        return dict(min_depth=h.eval_min_depth, max_depth=h.eval_max_depth, silog_lambda=h.silog_lambda,
+                    median_scaling=h.median_scaling)
+
+    def depth_crop_for(self, batch: dict, full_resolution: bool) -> str:
+        """The evaluation crop: ``depth_crop`` when set, else the crop the data names (``batch["depth_crop"]``,
+        KITTI), else ``nyu_eigen`` with ``eigen_crop`` or NYU's full-resolution ground truth, else ``none``."""
+        h = self.hparams
+        if h.depth_crop is not None:
+            return h.depth_crop
+        named = batch.get("depth_crop")
+        if named:
+            return named[0] if isinstance(named, (list, tuple)) else str(named)
+        return "nyu_eigen" if h.eigen_crop or full_resolution else "none"
 
     def setup(self, stage: str) -> None:
         if "semantic" in self.targets:
@@ -221,12 +255,25 @@ class DensePredictionTask(BaseTask):
         if stage == "fit" and self.hparams.init_checkpoint:
             # before the optimizers exist; a resumed run (--ckpt_path) restores its own weights afterwards
             try:
-                load_weights(self, self.hparams.init_checkpoint, whole_task=True)
+                load_weights(self, self.init_checkpoint_file(), whole_task=True)
             except WeightsError as err:
                 raise CheckpointError(f"model.init_args.init_checkpoint: {err}") from err
         if stage == "fit" and hasattr(self, "class_weights") and not self.trainer.ckpt_path:
             # once per run: a resumed run (--ckpt_path) gets the buffer back from its checkpoint
             self.class_weights.copy_(self.training_class_weights())
+
+    def init_checkpoint_file(self) -> Path:
+        """``init_checkpoint`` as a file: a directory (a run root such as stage 1's ``default_root_dir``) stands
+        for the newest readable ``last*.ckpt`` under it, found as ``--ckpt_path last`` finds one."""
+        given = Path(self.hparams.init_checkpoint)
+        if not given.is_dir():
+            return given
+        found = find_last_checkpoint([given])
+        if found is None:
+            raise CheckpointError(f"model.init_args.init_checkpoint: {given} is a folder without a last*.ckpt "
+                                  f"(has the run it names finished its first epoch?)")
+        rank_zero_info(f"model.init_args.init_checkpoint: {given} -> {found}")
+        return found
 
     def training_class_weights(self) -> torch.Tensor:
         """Median-frequency weights (``median_frequency_weights``) of the training split's stored labels."""
@@ -347,27 +394,37 @@ class DensePredictionTask(BaseTask):
     def update_depth_metrics(self, members: dict[str, Any], pred: torch.Tensor, batch: dict) -> None:
         """Score ``pred`` (N, H, W) metres, the prediction at the network's input size.
 
-        * Batches with ``depth_full`` (NYU, ``eval_protocol: eigen``) follow the standard protocol (Eigen et al.
-          2014, as BTS / monodepth2 evaluate): ``pred`` is upsampled bilinearly onto the part of the
-          full-resolution frame it covers (``depth_window``) and scored there inside the Eigen crop, with
-          ground truth and predictions capped to [``eval_min_depth``, ``eval_max_depth``] (10 m when unset).
-        * Otherwise against ``batch["depth"]``; with ``eigen_crop`` the crop is placed by ``depth_window`` when
-          the batch has one (a centre-cropped evaluation map is not the whole frame), else scaled to the map.
+        * Batches with ``depth_full`` (NYU's ``eval_protocol: eigen``, KITTI) follow the standard protocol (Eigen
+          et al. 2014, as BTS / monodepth2 evaluate): ``pred`` is upsampled bilinearly onto the part of the
+          full-resolution frame it covers (``depth_window``) and scored there inside the crop
+          (``depth_crop_for``; computed on each frame's own size, ``depth_full_size``, when frames of several
+          sizes were padded into one batch), with ground truth and predictions capped to [``eval_min_depth``,
+          ``eval_max_depth``]; an unset cap is the data's (``depth_max``, KITTI's 80 m) or NYU's 10 m.
+        * Otherwise against ``batch["depth"]``; the NYU crop is placed by ``depth_window`` when the batch has
+          one (a centre-cropped evaluation map is not the whole frame), other crops are fractions of the map.
         """
         options = self._depth_options()
         window = batch.get("depth_window")
-        if "depth_full" in batch:
+        full = "depth_full" in batch
+        crop = self.depth_crop_for(batch, full)
+        if full:
             target = batch["depth_full"]
-            pred, covered = paste_into_frame(pred, window, target.shape[-2:])
-            options.update(eigen_crop=True, max_depth=options["max_depth"] or NYU_MAX_DEPTH)
-            DepthMetrics.update_members(members, pred, target, covered, **options)
+            pred, mask = paste_into_frame(pred, window, target.shape[-2:])
+            if options["max_depth"] is None:
+                options["max_depth"] = float(batch["depth_max"][0]) if "depth_max" in batch else NYU_MAX_DEPTH
+            if crop != "none":
+                sizes = batch.get("depth_full_size")
+                crops = [frame_crop_mask(crop, target.shape[-2:], None if sizes is None else sizes[i])
+                         for i in range(len(target))]
+                mask = mask & torch.stack(crops).to(mask.device)
+            DepthMetrics.update_members(members, pred, target, mask, **options)
             return
         target, mask = batch["depth"], None
-        if options["eigen_crop"] and window is not None:
+        if crop == "nyu_eigen" and window is not None:
             mask = torch.stack([eigen_crop_mask(*target.shape[-2:], device=target.device, window=w.tolist())
                                 for w in window])
-            options["eigen_crop"] = False
-        DepthMetrics.update_members(members, pred, target, mask, **options)
+            crop = "none"
+        DepthMetrics.update_members(members, pred, target, mask, crop=crop, **options)
 
     def _report_empty_depth(self, stage: str) -> None:
         names = self._empty_depth[stage]
@@ -521,6 +578,17 @@ class DensePredictionTask(BaseTask):
 
 #: the depth cap of the standard NYU evaluation (Eigen et al. 2014; BTS, monodepth2): 10 m
 NYU_MAX_DEPTH = 10.0
+
+
+def frame_crop_mask(crop: str, canvas: Sequence[int], size: torch.Tensor | None) -> torch.Tensor:
+    """The evaluation ``crop`` of a frame of ``size`` (height, width), its ground truth's own size, placed at
+    the top-left of the ``canvas`` (height, width) it was padded into (``densecnn.data.kitti.collate_kitti``);
+    ``size`` None: the frame is the canvas."""
+    height, width = (int(v) for v in canvas)
+    h, w = (height, width) if size is None else (int(size[0]), int(size[1]))
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[:h, :w] = depth_crop_mask(crop, h, w)
+    return mask
 
 
 def paste_into_frame(pred: torch.Tensor, window: torch.Tensor | None, size: Sequence[int]

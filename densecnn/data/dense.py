@@ -422,6 +422,21 @@ class DenseAugment:
         return np.clip(x, 0, 255).astype(np.uint8)
 
 
+def source_window(transform, height: int, width: int) -> tuple[float, float, float, float] | None:
+    """The part of a ``height`` x ``width`` source frame that an evaluation transform's output covers, as
+    (top, bottom, left, right) in source pixels; None for a random (training) transform, whose output has no
+    fixed place. ``DenseAugment(train=False)`` resizes to ``size`` and, with ``eval_crop``, takes the centre
+    ``crop_size`` (``DenseAugment.centre_crop_box``)."""
+    if transform is None:
+        return 0.0, float(height), 0.0, float(width)
+    if not isinstance(transform, DenseAugment) or transform.train:
+        return None
+    rh, rw = transform.size
+    top, left, ch, cw = transform.centre_crop_box(rh, rw) if transform.eval_crop else (0, 0, rh, rw)
+    sy, sx = height / rh, width / rw
+    return top * sy, (top + ch) * sy, left * sx, (left + cw) * sx
+
+
 def sample_to_tensors(sample: DenseSample, mean: Sequence[float] = IMAGENET_MEAN,
                       std: Sequence[float] = IMAGENET_STD) -> dict[str, torch.Tensor]:
     """Normalised CHW image and the maps as tensors: ``depth`` (H, W) metres, ``normals`` (3, H, W),
@@ -595,6 +610,18 @@ class DenseFolderDataset(DenseSampleDataset):
             if "depth" not in self.maps:
                 sample.depth = None
         return sample
+
+    def __getitem__(self, index: int) -> dict:
+        """As ``DenseSampleDataset``'s, plus ``depth_window`` with depth under an evaluation transform: the part
+        of the frame the sample covers, in the pixels of the 640x480 NYU frame the Eigen crop is defined on
+        (``densecnn.metrics.eigen_crop_mask``), so that ``eigen_crop`` lands on the same frame pixels when
+        ``eval_crop`` centre-crops. The folder's frames are taken as that frame at their own resolution (the
+        proportional scaling ``eigen_crop`` applies without a window)."""
+        out = super().__getitem__(index)
+        window = source_window(self.transform, NYU_INTRINSICS.height, NYU_INTRINSICS.width)
+        if "depth" in out and window is not None:
+            out["depth_window"] = torch.tensor(window, dtype=torch.float32)
+        return out
 
     def sample_id(self, index: int) -> tuple[str, str]:
         return self.rgb_paths[index].stem, str(self.rgb_paths[index])

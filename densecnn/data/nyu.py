@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from ..constants import IGNORE_LABEL
-from .dense import (NYU_INTRINSICS, DenseAugment, DenseSample, DenseSampleDataset, NormalsCache, check_sample,
-                    file_identity, normals_from_depth, sample_to_tensors)
+from .dense import (NYU_INTRINSICS, DenseSample, DenseSampleDataset, NormalsCache, check_sample, file_identity,
+                    normals_from_depth, sample_to_tensors, source_window)
 from .image_folder import DataError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -151,21 +151,6 @@ def label_lookup(classes: str, mapping: np.ndarray | None) -> tuple[np.ndarray, 
     else:
         raise ValueError(f"classes must be '13', '40' or '894', got {classes!r}")
     return np.where(ids > 0, ids - 1, IGNORE_LABEL).astype(np.int64), names
-
-
-def source_window(transform, height: int, width: int) -> tuple[float, float, float, float] | None:
-    """The part of a ``height`` x ``width`` source frame that an evaluation transform's output covers, as
-    (top, bottom, left, right) in source pixels; None for a random (training) transform, whose output has no
-    fixed place. ``DenseAugment(train=False)`` resizes to ``size`` and, with ``eval_crop``, takes the centre
-    ``crop_size`` (``DenseAugment.centre_crop_box``)."""
-    if transform is None:
-        return 0.0, float(height), 0.0, float(width)
-    if not isinstance(transform, DenseAugment) or transform.train:
-        return None
-    rh, rw = transform.size
-    top, left, ch, cw = transform.centre_crop_box(rh, rw) if transform.eval_crop else (0, 0, rh, rw)
-    sy, sx = height / rh, width / rw
-    return top * sy, (top + ch) * sy, left * sx, (left + cw) * sx
 
 
 class NYUDepthV2Dataset(DenseSampleDataset):

@@ -2,9 +2,10 @@
 (arXiv 1411.4734, "Predicting Depth, Surface Normals and Semantic Labels with a Common Multi-Scale
 Convolutional Architecture", Section 3 and Fig. 1; S3 L4248-4382 in shared/seeds).
 
-    scale 1  the backbone over the whole image, then two fully connected layers (full_s1_6: 4096 units,
-             full_s1_7: a 64-channel map at 1/16 of the input, 19x14 for the 304x228 input) that give every
-             output pixel the global context; upsampled to the scale-2 grid.
+    scale 1  the backbone over the whole image up to its own pool5 (``backbone_pool5``: 8x6 for AlexNet on
+             the 304x228 input), then two fully connected layers (full_s1_6: 4096 units, full_s1_7: a
+             64-channel map at 1/16 of the input, 19x14 for the 304x228 input) that give every output pixel
+             the global context; upsampled to the scale-2 grid.
     scale 2  conv 9x9/2 (96) + max-pool 3x3/2 over the image at 1/4 resolution (74x55), concatenated with the
              scale-1 map ("96+64"), then 5x5 convolutions (64, 64, 64) and a 5x5 output layer per target
              (C channels: depth 1, normals 3, semantic one per class), upsampled x2.
@@ -79,28 +80,72 @@ def finish_prediction(target: str, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=1, eps=1e-6) if target == "normals" else x
 
 
-class CoarseScale(nn.Module):
-    """Scale 1's fully connected part: pool the backbone's deepest map to ``pool_size``, full_s1_6 (4096,
-    ReLU, dropout 0.5), full_s1_7 (``channels`` x ``coarse_size`` map, ReLU).
+def backbone_pool5(backbone: nn.Module) -> nn.Module | None:
+    """The backbone's own pool5: the layers its ImageNet network runs between the deepest feature map
+    (``feature_info[-1]``) and the flattening for fc6, or None where the family has no such layers.
 
-    What is done: the backbone's deepest feature map is average-pooled adaptively to ``pool_size``. For
-    AlexNet that map is conv5 *before* pool5 (``feature_info[-1]`` is ``features.11``), 18x13 (W x H) on the
-    paper's 304x228 input, so this is not the paper's pool5 (a 3x3/2 max-pool, which gives 8x6 there) but an
-    average over overlapping 2-3 pixel cells of conv5 to the same 8x6 grid. For other backbones and input
-    sizes the adaptive pooling fixes the width of full_s1_6 so that any registered backbone works.
+    Eigen & Fergus's scale 1 is the ImageNet network's convolutional part through its pool5, then full_s1_6
+    (Sec. 3.1). What that is, per family:
+
+    * AlexNet (all three variants), ZF-Net, VGG (``SequentialBackbone``): the deepest map is conv5 after its
+      ReLU and the layers of ``features`` after it are the max-pool 5 (3x3/2, ZF-Net's with ceil rounding;
+      VGG's 2x2/2), returned as the very module objects. On a 304x228 input pool5 is 8x6 (W x H) for
+      AlexNet, 9x6 for ZF-Net, 9x7 for VGG.
+    * NiN and All-CNN: their ``features`` end at the deepest map (the classifier is a global average): None.
+    * ResNet, GoogLeNet / BN-Inception, Jarrett, LeNet-5 and timm models: no pool5 module follows the deepest
+      map (ResNet and GoogLeNet go straight to a global average, which would drop the spatial layout
+      full_s1_6 reads): None.
+
+    Where this is None, scale 1 reads the deepest map itself (``CoarseScale`` then averages it adaptively to
+    ``coarse_pool`` when its size differs). The returned module has no parameters or buffers, so a task's
+    state_dict does not change with it.
+    """
+    taps, features = getattr(backbone, "tap_indices", None), getattr(backbone, "features", None)
+    if taps is None or not isinstance(features, nn.Sequential):
+        return None
+    layers = list(features[taps[-1] + 1:])
+    if not layers:
+        return None
+    if any(True for layer in layers for _ in layer.parameters()):
+        raise ValueError(f"{type(backbone).__name__}: the layers after its deepest feature map ({layers}) have "
+                         f"parameters; scale 1 expects only pool5 there")
+    return nn.Sequential(*layers)
+
+
+class CoarseScale(nn.Module):
+    """Scale 1's fully connected part: the pool5 map brought to ``pool_size`` if it is not already that size,
+    full_s1_6 (4096, ReLU, dropout 0.5), full_s1_7 (``channels`` x ``coarse_size`` map, ReLU).
+
+    Input: the backbone's deepest feature map. ``pool5`` (``backbone_pool5``: the backbone's own max-pool 5,
+    shared with it) runs first where the family has one; the families without a separate pool5 give their
+    deepest map as it is. When the result is ``pool_size`` (H, W) -- AlexNet's pool5 on the paper's 304x228
+    input is 6x8, ZF-Net's 6x9, VGG's 7x9 -- it goes to full_s1_6 untouched, as in the paper. Otherwise it
+    is averaged adaptively to ``pool_size`` (``F.adaptive_avg_pool2d``: of an H-row map, output row i averages
+    rows floor(i*H/h) .. ceil((i+1)*H/h) - 1, likewise for columns), which fixes full_s1_6's width for any
+    backbone and input size. Those cells change with the input size, so keep the paper's input (or set
+    ``coarse_pool`` to pool5's size) to keep pool5 exactly as pretrained.
     """
 
     def __init__(self, in_channels: int, *, pool_size: tuple[int, int] = (6, 8), hidden: int = 4096,
-                 channels: int = 64, coarse_size: tuple[int, int] = (14, 19), dropout: float = 0.5):
+                 channels: int = 64, coarse_size: tuple[int, int] = (14, 19), dropout: float = 0.5,
+                 pool5: nn.Module | None = None):
         super().__init__()
         self.pool_size, self.coarse_size, self.channels = tuple(pool_size), tuple(coarse_size), channels
-        self.pool = nn.AdaptiveAvgPool2d(self.pool_size)
+        self.pool5 = pool5 if pool5 is not None else nn.Identity()
         self.full6 = nn.Linear(in_channels * self.pool_size[0] * self.pool_size[1], hidden)
         self.drop6 = nn.Dropout(dropout)
         self.full7 = nn.Linear(hidden, channels * self.coarse_size[0] * self.coarse_size[1])
 
+    def pooled(self, features: torch.Tensor) -> torch.Tensor:
+        """What full_s1_6 reads, before flattening: pool5 of the deepest map ``features``, averaged adaptively
+        to ``pool_size`` only when it is not that size already."""
+        x = self.pool5(features)
+        if tuple(x.shape[-2:]) == self.pool_size:
+            return x
+        return F.adaptive_avg_pool2d(x, self.pool_size)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(self.pool(features), 1)
+        x = torch.flatten(self.pooled(features), 1)
         x = self.drop6(F.relu(self.full6(x)))
         x = F.relu(self.full7(x))
         return x.view(len(x), self.channels, *self.coarse_size)
@@ -158,14 +203,17 @@ class RefineScale(nn.Module):
 
 
 class MultiScaleDenseHead(nn.Module):
-    """Scales 1 (fully connected part), 2 and 3 over a backbone's deepest feature map and the image.
+    """Scales 1 (pool5 and the fully connected part), 2 and 3 over a backbone's deepest feature map and the image.
 
     Args:
         backbone_channels: channels of the backbone's deepest map (``feature_info[-1].num_chs``).
+        pool5: the backbone's own pool5 (``backbone_pool5(backbone)``), run on the deepest map before scale 1's
+            fully connected layers; None where the backbone has none (the deepest map is then read directly).
         targets: any of ``depth``, ``normals``, ``semantic``; ``num_classes`` for semantic.
         in_chans: image channels seen by scales 2 and 3.
-        coarse_pool, coarse_hidden, coarse_channels, coarse_size: scale 1's FC layers (paper: 8x6 pool,
-            4096, 64 channels on a 19x14 grid).
+        coarse_pool, coarse_hidden, coarse_channels, coarse_size: scale 1's FC layers (paper: AlexNet's 8x6
+            (W x H) pool5 grid, 4096, 64 channels on a 19x14 grid). full_s1_6 reads ``coarse_pool`` (H, W); a
+            pool5 map of another size is averaged adaptively to it (``CoarseScale``).
         scale2_image_channels, scale2_widths: scale 2 (paper: 96; 64, 64, 64).
         scale3_image_channels, scale3_widths: scale 3 (paper: 64; 64, 64). ``scale3: false`` stops at
             scale 2 (the "scales 1+2" row of Table 6).
@@ -180,7 +228,8 @@ class MultiScaleDenseHead(nn.Module):
                  coarse_channels: int = 64, coarse_size: tuple[int, int] = (14, 19), coarse_dropout: float = 0.5,
                  scale2_image_channels: int = 96, scale2_widths: Sequence[int] = (64, 64, 64),
                  scale3_image_channels: int = 64, scale3_widths: Sequence[int] = (64, 64), scale3: bool = True,
-                 batch_norm: bool = False, input_maps: Sequence[str] = (), input_map_channels: int = 32):
+                 batch_norm: bool = False, input_maps: Sequence[str] = (), input_map_channels: int = 32,
+                 pool5: nn.Module | None = None):
         super().__init__()
         self.out_channels = target_channels(targets, num_classes)
         unknown = [m for m in input_maps if m not in INPUT_MAP_CHANNELS]
@@ -190,7 +239,8 @@ class MultiScaleDenseHead(nn.Module):
         extra = {"input_maps": {m: INPUT_MAP_CHANNELS[m] for m in self.input_maps},
                  "input_map_channels": input_map_channels}
         self.scale1 = CoarseScale(backbone_channels, pool_size=coarse_pool, hidden=coarse_hidden,
-                                  channels=coarse_channels, coarse_size=coarse_size, dropout=coarse_dropout)
+                                  channels=coarse_channels, coarse_size=coarse_size, dropout=coarse_dropout,
+                                  pool5=pool5)
         self.scale2 = RefineScale(in_chans, coarse_channels, self.out_channels, image_channels=scale2_image_channels,
                                   widths=scale2_widths, pool_stride=2, batch_norm=batch_norm, **extra)
         self.scale3 = (RefineScale(in_chans, sum(self.out_channels.values()), self.out_channels,
@@ -230,7 +280,8 @@ class MultiScaleDenseNet(nn.Module):
                  **head_kwargs):
         super().__init__()
         self.backbone = backbone
-        self.head = MultiScaleDenseHead(backbone.feature_info[-1].num_chs, targets, num_classes, **head_kwargs)
+        self.head = MultiScaleDenseHead(backbone.feature_info[-1].num_chs, targets, num_classes,
+                                        pool5=backbone_pool5(backbone), **head_kwargs)
 
     def forward_scales(self, x: torch.Tensor, maps: Mapping[str, torch.Tensor] | None = None
                        ) -> list[dict[str, torch.Tensor]]:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.aggregation import MeanMetric
+from torchmetrics.utilities import dim_zero_cat
 
 from ..constants import IGNORE_LABEL
 from ..losses.dense import valid_depth_mask, valid_normals_mask
@@ -60,31 +61,95 @@ def eigen_crop_mask(height: int, width: int, device=None,
     return mask
 
 
+#: the depth evaluation crops by name: ``none``, NYU's Eigen crop, and the two KITTI crops
+DEPTH_CROPS = ("none", "nyu_eigen", "kitti_garg", "kitti_eigen")
+#: the KITTI crops as (top, bottom, left, right) fractions of the ground truth's height and width, exactly as the
+#: reference evaluation code writes them: ``garg`` (Garg et al. 2016; monodepth2 ``evaluate_depth.py``, BTS
+#: ``--garg_crop``) and ``eigen`` (Eigen et al. 2014; BTS ``--eigen_crop`` for KITTI). The bounds are truncated to
+#: integers (numpy ``astype(np.int32)`` / Python ``int``), e.g. rows 153:371, columns 44:1197 of a 375x1242 frame
+#: for ``garg``.
+KITTI_CROP_FRACTIONS = {"kitti_garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+                        "kitti_eigen": (0.3324324, 0.91351351, 0.0359477, 0.96405229)}
+
+
+def kitti_crop_box(crop: str, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a KITTI crop (``kitti_garg`` or ``kitti_eigen``) on a ``height`` x
+    ``width`` ground-truth map, truncated to pixels as monodepth2 and BTS do."""
+    top, bottom, left, right = KITTI_CROP_FRACTIONS[crop]
+    return int(top * height), int(bottom * height), int(left * width), int(right * width)
+
+
+def depth_crop_mask(crop: str, height: int, width: int, device=None) -> Tensor | None:
+    """The evaluation crop ``crop`` (one of ``DEPTH_CROPS``) as a boolean (H, W) mask of a ground-truth map
+    (None for ``none``): ``nyu_eigen`` is ``eigen_crop_mask`` (scaled to the map), the KITTI crops are fractions
+    of the map's size (``KITTI_CROP_FRACTIONS``)."""
+    if crop not in DEPTH_CROPS:
+        raise ValueError(f"depth evaluation crop {crop!r} is not one of {', '.join(DEPTH_CROPS)}")
+    if crop == "none":
+        return None
+    if crop == "nyu_eigen":
+        return eigen_crop_mask(height, width, device=device)
+    top, bottom, left, right = kitti_crop_box(crop, height, width)
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def median_scaling_ratios(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Per image ``median(gt) / median(pred)`` over its valid pixels (monodepth2's ``evaluate_depth.py``: the
+    scale a monocular, scale-ambiguous prediction is multiplied by before scoring; Zhou et al. 2017). The
+    median of an even count is the mean of the two middle values, as ``np.median``; an image without valid
+    pixels gets 1."""
+    ratios = torch.ones(len(pred), dtype=torch.float64, device=pred.device)
+    for i in range(len(pred)):
+        if bool(valid[i].any()):
+            gt = torch.quantile(target[i][valid[i]].double(), 0.5)
+            pr = torch.quantile(pred[i][valid[i]].double(), 0.5)
+            ratios[i] = gt / pr.clamp(min=1e-12)
+    return ratios
+
+
 def _squeeze(x: Tensor) -> Tensor:
     return x[:, 0] if x.dim() == 4 else x
 
 
 def depth_errors(pred: Tensor, target: Tensor, mask: Tensor | None = None, *, min_depth: float = 1e-3,
                  max_depth: float | None = None, eigen_crop: bool = False,
-                 silog_lambda: float = 1.0) -> tuple[dict[str, Tensor], Tensor]:
+                 silog_lambda: float = 1.0, crop: str = "none",
+                 median_scaling: bool = False) -> tuple[dict[str, Tensor], Tensor]:
     """Per-image depth errors over valid pixels.
 
     Returns ``(errors, has_pixels)``: ``errors[key]`` holds one value per image with at least one valid pixel
     (``has_pixels`` marks which), so images without valid ground truth are skipped rather than producing NaN
     (``DepthMetrics`` is ``UNDEFINED``, -1, when no image of the epoch had any).
-    A pixel is valid where the ground truth is finite, above ``min_depth``, at most ``max_depth`` (the depth
-    cap, 10 m for NYU), inside the Eigen crop when asked, and inside ``mask``. Predictions are clamped to
-    ``[min_depth, max_depth]`` as in the reference evaluation code.
+    A pixel is valid where the ground truth is finite and strictly between ``min_depth`` and ``max_depth`` (the
+    depth cap, 10 m for NYU, 80 m for KITTI; strict on both sides as in BTS's and monodepth2's evaluation:
+    ``gt > min`` and ``gt < max``, which matters for KITTI's PNGs, where 80 m is the exact value 20480 / 256),
+    inside the evaluation ``crop`` (``DEPTH_CROPS``; ``eigen_crop=True`` is
+    ``crop="nyu_eigen"``), and inside ``mask``. With ``median_scaling`` each prediction is first multiplied by
+    ``median(gt) / median(pred)`` over its valid pixels (``median_scaling_ratios``; the ratios come back as
+    ``errors["scale_ratio"]``). Predictions are then clamped to ``[min_depth, max_depth]`` as in the reference
+    evaluation code (monodepth2, BTS).
     """
+    if eigen_crop:
+        if crop not in ("none", "nyu_eigen"):
+            raise ValueError(f"depth metrics: eigen_crop=True (NYU's crop) conflicts with crop={crop!r}")
+        crop = "nyu_eigen"
     pred, target = _squeeze(pred).float(), _squeeze(target).float()
     if pred.shape != target.shape:
         raise ValueError(f"depth metrics: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    valid = valid_depth_mask(target, None if mask is None else _squeeze(mask)) & (target >= min_depth)
+    valid = valid_depth_mask(target, None if mask is None else _squeeze(mask)) & (target > min_depth)
     if max_depth is not None:
-        valid &= target <= max_depth
-    if eigen_crop:
-        valid &= eigen_crop_mask(*target.shape[-2:], device=target.device)
-    pred = torch.nan_to_num(pred, nan=min_depth, posinf=max_depth or 1e6).clamp(min=min_depth, max=max_depth)
+        valid &= target < max_depth
+    crop_mask = depth_crop_mask(crop, *target.shape[-2:], device=target.device)
+    if crop_mask is not None:
+        valid &= crop_mask
+    pred = torch.nan_to_num(pred, nan=min_depth, posinf=max_depth or 1e6)
+    ratios = None
+    if median_scaling:
+        ratios = median_scaling_ratios(pred, target, valid)
+        pred = pred * ratios.to(pred.dtype)[:, None, None]
+    pred = pred.clamp(min=min_depth, max=max_depth)
     gt = torch.where(valid, target, torch.ones_like(target))
     pr = torch.where(valid, pred, torch.ones_like(pred))
     n = valid.flatten(1).sum(1).float()
@@ -104,6 +169,8 @@ def depth_errors(pred: Tensor, target: Tensor, mask: Tensor | None = None, *, mi
     errors["rmse_log"] = mean(log_diff ** 2).sqrt()
     errors["log10"] = mean((torch.log10(pr) - torch.log10(gt)).abs())
     errors["silog"] = (mean(log_diff ** 2) - silog_lambda * mean(log_diff) ** 2).clamp(min=0).sqrt()
+    if ratios is not None:
+        errors["scale_ratio"] = ratios
     return {k: v[has] for k, v in errors.items()}, has
 
 
@@ -124,6 +191,35 @@ class _RootMean(_Mean):
         return value if self.weight == 0 else value.sqrt()
 
 
+class _ScaleRatioStat(Metric):
+    """The median or the standard deviation (population, numpy's default) of the per-image median-scaling ratios
+    of the epoch, over every DDP rank: what monodepth2 prints as "Scaling ratios | med | std". A ratio std well
+    above 0 says the model's scale varies from image to image."""
+
+    full_state_update = False
+
+    def __init__(self, stat: str, **kwargs):
+        super().__init__(**kwargs)
+        if stat not in ("median", "std"):
+            raise ValueError(f"stat must be median or std, got {stat!r}")
+        self.stat = stat
+        self.add_state("ratios", [], dist_reduce_fx="cat")
+
+    def update(self, ratios: Tensor) -> None:
+        self.ratios.append(ratios.double().flatten())
+
+    def compute(self) -> Tensor:
+        values = dim_zero_cat(self.ratios) if len(self.ratios) else torch.zeros(0, dtype=torch.float64)
+        if values.numel() == 0:
+            return torch.tensor(UNDEFINED)
+        value = torch.quantile(values, 0.5) if self.stat == "median" else values.std(unbiased=False)
+        return value.float()
+
+
+#: the members ``median_scaling`` adds to ``DepthMetrics``, each fed the per-image ratios
+SCALE_RATIO_KEYS = ("scale_ratio_median", "scale_ratio_std")
+
+
 class DepthMetrics(MetricCollection):
     """Depth accuracy (Eigen et al. 2014, Sec. 4.1; Table 1 of 1411.4734), per image then averaged over images.
 
@@ -135,19 +231,30 @@ class DepthMetrics(MetricCollection):
       * ``silog``: the scale-invariant error ``sqrt((1/n) sum d^2 - (lambda/n^2) (sum d)^2)`` with
         ``lambda = silog_lambda`` = 1 by default (Eigen et al. 2014's "sc-inv." column) and scale 1, i.e.
         in log units, not multiplied by 100 as KITTI's SILog is.
-    Every key is ``UNDEFINED`` (-1) when no image had a valid pixel.
+    Every key is ``UNDEFINED`` (-1) when no image had a valid pixel. With ``median_scaling`` two more keys,
+    ``scale_ratio_median`` and ``scale_ratio_std``, report the per-image scaling ratios (``_ScaleRatioStat``).
 
     Args:
-        min_depth, max_depth: valid ground-truth range and the clamp for predictions (NYU: 1e-3 and 10 m).
-        eigen_crop: evaluate only inside Eigen's crop (rows 45:471, cols 41:601 of a 480x640 frame).
+        min_depth, max_depth: valid ground-truth range and the clamp for predictions (NYU: 1e-3 and 10 m;
+            KITTI: 1e-3 and 80 m, or 50 m).
+        eigen_crop: evaluate only inside Eigen's crop (rows 45:471, cols 41:601 of a 480x640 frame); the same
+            as ``crop="nyu_eigen"``.
+        crop: the evaluation crop by name, one of ``DEPTH_CROPS`` (``none``, ``nyu_eigen``, ``kitti_garg``,
+            ``kitti_eigen``; ``depth_crop_mask``).
+        median_scaling: scale each prediction by ``median(gt) / median(pred)`` first (monocular models).
     """
 
     def __init__(self, *, min_depth: float = 1e-3, max_depth: float | None = None, eigen_crop: bool = False,
-                 silog_lambda: float = 1.0, prefix: str | None = None):
-        members = {k: _Mean() for k in DEPTH_KEYS}
+                 silog_lambda: float = 1.0, crop: str = "none", median_scaling: bool = False,
+                 prefix: str | None = None):
+        if crop not in DEPTH_CROPS:
+            raise ValueError(f"DepthMetrics: crop {crop!r} is not one of {', '.join(DEPTH_CROPS)}")
+        members: dict[str, Metric] = {k: _Mean() for k in DEPTH_KEYS}
+        if median_scaling:
+            members.update({key: _ScaleRatioStat(key.rsplit("_", 1)[1]) for key in SCALE_RATIO_KEYS})
         super().__init__(members, prefix=prefix, compute_groups=False)
         self.options = dict(min_depth=min_depth, max_depth=max_depth, eigen_crop=eigen_crop,
-                            silog_lambda=silog_lambda)
+                            silog_lambda=silog_lambda, crop=crop, median_scaling=median_scaling)
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:  # type: ignore[override]
         """``pred`` and ``target`` are depths (not log) in metres, (N, H, W) or (N, 1, H, W)."""
@@ -156,11 +263,13 @@ class DepthMetrics(MetricCollection):
     @staticmethod
     def update_members(members: dict[str, Metric], pred: Tensor, target: Tensor, mask: Tensor | None = None,
                        **options) -> None:
-        """Feed members keyed as ``DEPTH_KEYS`` (also when they sit, flattened, in a task's collection)."""
+        """Feed members keyed as ``DEPTH_KEYS`` (also when they sit, flattened, in a task's collection), and
+        ``SCALE_RATIO_KEYS`` the per-image ratios when ``median_scaling`` is on."""
         errors, _ = depth_errors(pred, target, mask, **options)
         for key, metric in members.items():
-            if len(errors[key]):
-                metric.update(errors[key])
+            values = errors.get("scale_ratio" if key in SCALE_RATIO_KEYS else key)
+            if values is not None and len(values):
+                metric.update(values)
 
 
 def angular_error_degrees(pred: Tensor, target: Tensor) -> Tensor:

@@ -240,3 +240,120 @@ class NYUDepthV2DataModule(DenseDataModule):
             self.test_set = self.make_dataset("test", False)
         if stage == "predict":
             self.predict_set = self.make_dataset("test", False)
+
+
+class KittiDepthDataModule(BaseDataModule):
+    """KITTI depth from the raw recordings with split lists (Eigen's split in monodepth2's or BTS's format) and
+    ground truth from the depth benchmark's annotated maps or projected Velodyne scans
+    (``densecnn.data.kitti``). Evaluation batches carry the full-resolution ground truth and the protocol
+    (crop, cap), which ``DensePredictionTask`` scores by."""
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        train_list: str | None = None,
+        val_list: str | None = None,
+        test_list: str | None = None,
+        ground_truth: Literal["annotated", "velodyne"] = "annotated",
+        annotated_dir: str = "data_depth_annotated",
+        skip_missing_gt: bool = False,
+        kb_crop: tuple[int, int] | None = (352, 1216),
+        image_size: tuple[int, int] | None = None,
+        crop_size: tuple[int, int] | None = (352, 704),
+        scale: tuple[float, float] = (1.0, 1.0),
+        rotation: float = 1.0,
+        flip_p: float = 0.5,
+        colour: tuple[float, float] = (0.9, 1.1),
+        brightness: float = 0.1,
+        contrast: float = 0.0,
+        eval_crop: Literal["kitti_garg", "kitti_eigen", "none"] = "kitti_garg",
+        max_depth: float = 80.0,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        predict_root: str | None = None,
+        pin_memory: bool = False,
+        drop_last: bool | None = None,
+    ):
+        """
+        Args:
+            root: the raw data's root: ``<date>/<drive>/image_02/data/*.png``, the date folders' calibration
+                files, ``velodyne_points/`` and ``annotated_dir`` (see ``densecnn.data.kitti``).
+            train_list, val_list, test_list: split lists (monodepth2 ``<date>/<drive> <frame> <l|r>`` or BTS
+                ``<image> <depth|None> <focal>`` lines), e.g. monodepth2's ``splits/eigen_zhou/train_files.txt``
+                and ``splits/eigen/test_files.txt``; a relative path is taken as given when it exists, else
+                under ``root``. ``val_list`` defaults to ``test_list``.
+            ground_truth: ``annotated`` (the benchmark's uint16 maps, value / 256 m) or ``velodyne`` (each
+                frame's scan projected into the camera, Eigen et al. 2014).
+            skip_missing_gt: leave out (count and warn about) listed frames without ground truth instead of
+                stopping at the first: the annotated maps cover 652 of the 697 Eigen test frames.
+            kb_crop: BTS's bottom-centre crop (height, width) taken from every frame first, 352x1216 (the
+                window all KITTI frame sizes share); None: no crop (then ``image_size`` is needed, as frames
+                differ in size).
+            image_size: (height, width) the cropped frame is resized to (None: keep it); depth by nearest
+                neighbour, so sparse ground truth keeps its values.
+            crop_size: the random training crop (BTS: 352x704); None: the whole (cropped, resized) frame.
+            scale, rotation, flip_p, colour, brightness, contrast: the joint training augmentation
+                (``DenseAugment``); the defaults follow BTS for KITTI: no zoom, +-1 degree, flip, colour and
+                brightness in 0.9-1.1.
+            eval_crop, max_depth: the evaluation protocol the batches carry: the Garg crop (default) or the
+                Eigen crop of the full-resolution ground truth, depths capped to [1e-3, ``max_depth``] (80 m, or
+                50 m); the prediction at the network's input is upsampled bilinearly to the ground truth's
+                resolution inside the part of the frame it covers.
+            predict_root: images to ``predict`` on (any folder); defaults to the test list.
+        """
+        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last)
+        from densecnn.data.kitti import KittiTransform, collate_kitti
+
+        self.save_hyperparameters()
+        if kb_crop is None and image_size is None:
+            raise DataError("data.init_args: kb_crop and image_size are both null; KITTI frames differ in size "
+                            "(370x1224 to 376x1242), so batches need one of them")
+        if eval_crop not in ("kitti_garg", "kitti_eigen", "none"):
+            raise DataError(f"data.init_args.eval_crop: {eval_crop!r} is not one of kitti_garg, kitti_eigen, none")
+        size = tuple(image_size) if image_size is not None else tuple(kb_crop)
+        augment = dict(scale=scale, rotation=rotation, flip_p=flip_p, colour=colour, brightness=brightness,
+                       contrast=contrast)
+        self.train_transform = KittiTransform(DenseAugment(size, crop_size, train=True, **augment), kb_crop)
+        self.eval_transform = KittiTransform(DenseAugment(size, None, train=False), kb_crop)
+        self.collate_fn = collate_kitti
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.predict_root = Path(predict_root) if predict_root else None
+        self.class_names: list[str] | None = None
+
+    def _list(self, key: str) -> Path:
+        name = getattr(self.hparams, key) or (self.hparams.test_list if key == "val_list" else None)
+        if name is None:
+            raise DataError(f"data.init_args.{key} is not set (a split list such as monodepth2's "
+                            f"splits/eigen/test_files.txt)")
+        path = Path(name)
+        if path.is_absolute() or path.is_file():
+            return path
+        return self.root / path
+
+    def make_dataset(self, key: str, train: bool) -> Dataset:
+        from densecnn.data.kitti import KittiDepthDataset
+
+        h = self.hparams
+        return KittiDepthDataset(self.root, self._list(key), ground_truth=h.ground_truth, annotated_dir=h.annotated_dir,
+                                 skip_missing_gt=h.skip_missing_gt,
+                                 transform=self.train_transform if train else self.eval_transform,
+                                 full_depth=not train, eval_crop=h.eval_crop, max_depth=h.max_depth,
+                                 mean=self.mean, std=self.std)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.predict_root is not None:
+            if not self.predict_root.is_dir():
+                raise DataError(f"data.init_args.predict_root: {self.predict_root} does not exist")
+            self.predict_set = DenseImageList(self.predict_root, self.eval_transform, self.mean, self.std)
+            return
+        self.check_root()
+        if stage in ("fit", None):
+            self.train_set = self.make_dataset("train_list", True)
+        if stage in ("fit", "validate", None):
+            self.val_set = self.make_dataset("val_list", False)
+        if stage in ("test", None):
+            self.test_set = self.make_dataset("test_list", False)
+        if stage == "predict":
+            self.predict_set = self.make_dataset("test_list", False)

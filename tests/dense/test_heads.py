@@ -18,7 +18,7 @@ def test_paper_input_gives_the_paper_map_sizes():
     """304x228 input: scale 1 predicts 19x14, scale 2 works at 74x55 and scale 3 outputs 147x109 (S3 L4270)."""
     head = MultiScaleDenseHead(256, ["depth", "normals", "semantic"], num_classes=13, coarse_hidden=64)
     image = torch.randn(1, 3, 228, 304)
-    features = torch.randn(1, 256, 6, 8)  # AlexNet's conv5 on 304x228, the paper's scale 1
+    features = torch.randn(1, 256, 6, 8)  # AlexNet's pool5 on 304x228 (no pool5 module here: read as it is)
     assert head.scale1(features).shape == (1, 64, 14, 19)
     scale2, scale3 = head.forward_scales(image, features)
     assert scale2["depth"].shape == (1, 1, 55, 74) and scale2["semantic"].shape == (1, 13, 55, 74)

@@ -141,26 +141,3 @@ def test_nyu_normals_are_computed_once_and_read_from_the_cache(tmp_path, monkeyp
                                 normals_cache_dir=tmp_path / "c")
     raw_key.load(0)  # another frame: its own entry
     assert len(calls) == 2
-
-
-def test_alexnet_scale1_average_pools_conv5_before_pool5_to_the_paper_grid():
-    """What scale 1 does with AlexNet on the paper's 304x228 input: the deepest map is conv5 before pool5,
-    18x13, and ``CoarseScale`` average-pools it to 8x6 (not the identity, and not pool5's max-pool)."""
-    import torch.nn.functional as F
-
-    from densecnn.backbones import create_backbone
-    from densecnn.heads.dense import CoarseScale
-
-    torch.manual_seed(0)
-    backbone = create_backbone("alexnet_torchvision", num_classes=0).eval()
-    with torch.no_grad():
-        conv5 = backbone.forward_features(torch.randn(1, 3, 228, 304))[-1]
-    assert conv5.shape[-2:] == (13, 18)
-    pooled = CoarseScale(256, pool_size=(6, 8)).pool(conv5)
-    # oracle: adaptive average pooling by hand, cell i spans floor(i*13/6) .. ceil((i+1)*13/6)
-    rows = [(i * 13 // 6, -(-(i + 1) * 13 // 6)) for i in range(6)]
-    cols = [(j * 18 // 8, -(-(j + 1) * 18 // 8)) for j in range(8)]
-    by_hand = torch.stack([torch.stack([conv5[0, :, r0:r1, c0:c1].mean((-2, -1)) for c0, c1 in cols], -1)
-                           for r0, r1 in rows], -2)
-    torch.testing.assert_close(pooled[0], by_hand)
-    assert not torch.allclose(pooled, F.max_pool2d(conv5, 3, 2))  # pool5 gives 8x6 too, but other values
