@@ -1,5 +1,6 @@
 """``python -m densecnn`` / ``densecnn``: the LightningCLI (fit, validate, test, predict), plus
-``summary <backbone>`` (layer table, parameters, multiply-adds; see ``densecnn.summary``)."""
+``summary <backbone>`` (layer table, parameters, multiply-adds; see ``densecnn.summary``) and ``export`` (a
+checkpoint as ONNX or an ExportedProgram, verified against PyTorch; see ``tasks.export``)."""
 import sys
 
 
@@ -8,6 +9,10 @@ def main() -> None:
         from densecnn.summary import main as summary_main
 
         sys.exit(summary_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "export":
+        from tasks.export import run as export_run
+
+        sys.exit(export_run(sys.argv[2:]))
 
     from tasks.cli import run
 

@@ -13,7 +13,11 @@
 * fine-tuning: ``freeze_backbone`` trains only the task's head ("re-train just the softmax", S3 L144-151),
   ``unfreeze_backbone_at_epoch`` releases the backbone later at ``lr * backbone_lr_scale``;
 * pictures go to every configured logger that takes images and, always, to ``<log dir>/pictures``;
-* a default checkpoint callback monitors the task's metric and keeps ``last.ckpt``.
+* a default checkpoint callback monitors the task's metric and keeps ``last.ckpt``;
+* fast paths for every task: ``channels_last`` (the model's 4-D tensors and its 4-D inputs in ``channels_last``,
+  5-D ones in ``channels_last_3d``) and ``compile`` (``torch.compile`` of what ``compile_targets`` names, applied
+  to methods in place so the ``state_dict`` keys never change); under ``bf16-mixed`` the metrics are updated in
+  float32, outside autocast.
 """
 from __future__ import annotations
 
@@ -41,9 +45,42 @@ from .checkpoints import (CheckpointError, collect_rng_states, default_checkpoin
 from .optim import no_weight_decay_patterns, param_groups
 from .utils import local_log_dir
 
+# ``on_after_batch_transfer`` (channels_last inputs) is the module's on purpose; Lightning warns on every run with a
+# DataModule that the module's hook is the one used, which is what is meant.
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule` but "
+                                          r"have passed in a `LightningDataModule`")
+
 STAGES = ("train", "val", "test")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "step", "multistep", "plateau", "cosine")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: memory layout for a tensor of each rank under ``channels_last`` (images and 2D weights; clips and 3D weights)
+CHANNELS_LAST_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def to_channels_last(x):
+    """A 4-D tensor in ``channels_last``, a 5-D one in ``channels_last_3d``, others unchanged; given a module,
+    converts its parameters and buffers so (``nn.Module.to(memory_format=...)`` takes one format for all ranks,
+    and a model can hold both, e.g. an inflated 3D network with a 2D head)."""
+    if isinstance(x, nn.Module):
+        for tensor in (*x.parameters(), *x.buffers()):
+            tensor.data = to_channels_last(tensor.data)
+        return x
+    if isinstance(x, torch.Tensor) and x.dim() in CHANNELS_LAST_FORMATS:
+        return x.contiguous(memory_format=CHANNELS_LAST_FORMATS[x.dim()])
+    return x
+
+
+def as_float32(outputs):
+    """``outputs`` (tensors, possibly in dicts, lists, tuples) with every floating tensor in float32: what the
+    metrics are updated with under ``bf16-mixed``/``16-mixed``, so they accumulate in float32."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float() if outputs.is_floating_point() and outputs.dtype != torch.float32 else outputs
+    if isinstance(outputs, dict):
+        return {k: as_float32(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(as_float32(v) for v in outputs)
+    return outputs
 
 
 class BaseTask(pl.LightningModule, ABC):
@@ -52,6 +89,8 @@ class BaseTask(pl.LightningModule, ABC):
     monitor_mode: Literal["min", "max"] = "min"
     #: hyper-parameters that make a checkpoint fit only its own model: a run given a checkpoint refuses other values
     identity_hparams: tuple[str, ...] = ("backbone", "backbone_kwargs", "num_classes")
+    #: the batch entries the network reads, put in channels_last layout on the device with ``channels_last``
+    input_keys: tuple[str, ...] = ("image",)
 
     def __init__(
         self,
@@ -77,6 +116,10 @@ class BaseTask(pl.LightningModule, ABC):
         num_log_images: int = 16,
         checkpoint_every_n_minutes: float | None = 10.0,
         checkpoint_every_n_steps: int | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        compile_kwargs: dict[str, Any] | None = None,
     ):
         """
         Args:
@@ -109,16 +152,33 @@ class BaseTask(pl.LightningModule, ABC):
                 at each validation, the default checkpointing rewrites ``last.ckpt`` this often during training
                 (``null`` turns either off), so ``fit --ckpt_path last`` after a kill continues from there.
                 Used only when ``trainer.callbacks`` configures no ``ModelCheckpoint``.
+            channels_last: keep the model's 4-D weights and inputs in ``torch.channels_last`` memory layout and
+                5-D ones (3D convolutions, clips) in ``channels_last_3d``: the layout cuDNN's tensor-core kernels
+                and oneDNN's CPU kernels use, so no transposes around each convolution. Same numbers, other
+                strides; checkpoints load either way.
+            compile: ``torch.compile`` the task's heavy part (``compile_targets``: the backbone's feature
+                extractor; Faster R-CNN's torchvision backbone with its FPN; the dense network's whole
+                multi-scale forward) when a Trainer sets the model up (``configure_model``). The methods are
+                compiled in place, so checkpoints keep their keys (no ``_orig_mod.``) and load into a task
+                with or without ``compile``.
+            compile_mode: ``torch.compile``'s ``mode``: ``default`` (null), ``reduce-overhead`` (CUDA graphs),
+                ``max-autotune`` or ``max-autotune-no-cudagraphs``.
+            compile_kwargs: further ``torch.compile`` arguments, e.g. ``{backend: aot_eager}``,
+                ``{dynamic: false}``, ``{fullgraph: true}``.
         """
         super().__init__()
         self.save_hyperparameters()
         self._check_choice("optimizer", optimizer, OPTIMIZERS)
         self._check_choice("lr_scheduler", lr_scheduler, SCHEDULERS)
+        if compile_mode is not None:
+            self._check_choice("compile_mode", compile_mode, COMPILE_MODES)
         if unfreeze_backbone_at_epoch is not None and not freeze_backbone:
             raise ValueError("model.init_args.unfreeze_backbone_at_epoch needs freeze_backbone: true")
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+        if channels_last:
+            to_channels_last(self)
 
     @staticmethod
     def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -154,6 +214,13 @@ class BaseTask(pl.LightningModule, ABC):
     @abstractmethod
     def update_metrics(self, stage: str, outputs: Any, batch: Any) -> None:
         """Update ``self.metrics_for(stage)`` with one batch."""
+
+    def update_metrics_float32(self, stage: str, outputs: Any, batch: Any) -> None:
+        """``update_metrics`` with float32 outputs and autocast off: under ``bf16-mixed`` the network's outputs
+        are bfloat16 (8-bit mantissa), and the metrics' arithmetic on them (depth errors, box IoUs, ...) must
+        not run in it."""
+        with torch.autocast(self.device.type, enabled=False):
+            self.update_metrics(stage, as_float32(outputs), batch)
 
     def batch_size_of(self, batch: Any) -> int:
         return len(batch["image"]) if isinstance(batch, dict) else len(batch[0])
@@ -227,6 +294,50 @@ class BaseTask(pl.LightningModule, ABC):
     def forward(self, x: torch.Tensor) -> Any:
         return self.backbone(x)
 
+    def export_spec(self, *, dynamic_batch: bool = True):
+        """What ``python -m densecnn export`` writes for this task: a ``densecnn.export.ExportSpec`` (the network
+        with its outputs in the units ``preprocess.json`` states, example inputs, preprocessing). Task families
+        that can be exported override it."""
+        from densecnn.errors import UserError
+
+        raise UserError(f"{type(self).__name__}: export to ONNX / ExportedProgram is not supported for this task")
+
+    # ---- fast paths ----------------------------------------------------------------------------------------
+    def compile_targets(self) -> list[tuple[nn.Module, str]]:
+        """``(module, method name)`` pairs that ``compile: true`` compiles: by default the backbone's
+        ``forward_features`` (the convolutions, which every task calls; ``forward`` goes through it) and
+        GoogLeNet's ``forward_with_aux`` (its training path, which does not). Families whose heavy part is
+        elsewhere override this."""
+        targets = [(self.backbone, "forward_features" if hasattr(self.backbone, "forward_features") else "forward")]
+        if callable(getattr(self.backbone, "forward_with_aux", None)):
+            targets.append((self.backbone, "forward_with_aux"))
+        return targets
+
+    def compile_options(self) -> dict[str, Any]:
+        h = self.hparams
+        mode = h.get("compile_mode")
+        return {**({"mode": mode} if mode not in (None, "default") else {}), **(h.get("compile_kwargs") or {})}
+
+    def configure_model(self) -> None:
+        """Lightning's set-up hook (every ``fit``/``validate``/``test``/``predict``, before the weights of a
+        ``ckpt_path`` are restored): with ``compile``, each of ``compile_targets`` is replaced on its module by
+        ``torch.compile`` of itself. An instance attribute, not a wrapper module (``torch.compile(module)``
+        would prefix every ``state_dict`` key with ``_orig_mod.``), so checkpoints are the same with and
+        without ``compile``. Compilation itself happens at the first call, on the device the model is on."""
+        if not self.hparams.get("compile") or getattr(self, "_compiled", False):
+            return
+        options = self.compile_options()
+        for module, name in self.compile_targets():
+            setattr(module, name, torch.compile(getattr(module, name), **options))
+        self._compiled = True
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``channels_last``, the network's inputs (``input_keys``) in the model's layout, once, on the
+        device (a 4-D batch in ``channels_last``, 5-D clips in ``channels_last_3d``)."""
+        if self.hparams.get("channels_last") and isinstance(batch, dict):
+            batch = {**batch, **{k: to_channels_last(batch[k]) for k in self.input_keys if k in batch}}
+        return batch
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, batch_idx, "train")
 
@@ -241,10 +352,10 @@ class BaseTask(pl.LightningModule, ABC):
         batch_size = self.batch_size_of(batch)
         training = stage == "train"
         loss_mean = self.loss_means[f"{stage}_loss"]
-        loss_mean(loss.detach(), weight=batch_size)
+        loss_mean(loss.detach().float(), weight=batch_size)
         self.log(f"{stage}/loss", loss_mean, on_step=training, on_epoch=True, prog_bar=training,
                  batch_size=batch_size)
-        self.update_metrics(stage, outputs, batch)
+        self.update_metrics_float32(stage, outputs, batch)
         self.log_dict(self.metrics_for(stage), on_step=False, on_epoch=True, prog_bar=not training,
                       batch_size=batch_size)
         if batch_idx == 0 and not training and not self.trainer.sanity_checking and not self.tuning():
@@ -417,7 +528,13 @@ class BaseTask(pl.LightningModule, ABC):
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
         """Lightning's loader, plus: the checkpoint must come from this task (``BaseTask`` loads any task),
         and the backbone's original ``weights`` file is not read again (its tensors are in the checkpoint).
-        Local paths, fsspec URLs (``s3://``, ``memory://``, ...) and http(s) URLs are read."""
+        Local paths, fsspec URLs (``s3://``, ``memory://``, ...) and http(s) URLs are read. An export's
+        ``model.safetensors`` (or its directory, ``tasks.model_card``) is rebuilt from the hyper-parameters it holds."""
+        from .model_card import exported_weights_file, load_export
+
+        exported = exported_weights_file(checkpoint_path)
+        if exported is not None:
+            return load_export(cls, exported, map_location=map_location, strict=strict, **kwargs)
         saved = checkpoint_task_name(read_checkpoint(checkpoint_path), checkpoint_path)
         target = cls
         if saved is not None:

@@ -197,6 +197,27 @@ class ClassificationTask(BaseTask):
         stats = self.normalisation()
         self.log_picture(f"{stage}/examples", image_grid(to_uint8_images(images, *stats), captions, colours))
 
+    # ---- export ------------------------------------------------------------------------------------------
+    def export_spec(self, *, dynamic_batch: bool = True):
+        """The backbone with its softmax on one view of the evaluation size (``image_size`` of the DataModule, else
+        the backbone's paper size): ``image`` (N, 3, H, W) normalised RGB -> ``probs`` (N, num_classes). Test-time
+        augmentation (``tta``) is not in the graph: it gives the single-view probabilities."""
+        from densecnn.export import ExportSpec
+        from densecnn.export.modules import Probabilities
+
+        from .export import attached_datamodule, backbone_input_size, eval_steps, example_images, image_preprocess
+
+        datamodule = attached_datamodule(self)
+        size = getattr(datamodule, "image_size", None)
+        size = (size, size) if isinstance(size, int) else tuple(size) if size else backbone_input_size(self)
+        preprocess = {**image_preprocess(self, size, eval_steps(datamodule)), "class_names": self.class_names,
+                      "outputs": {"probs": "softmax probabilities (N, num_classes) in class_names order"}}
+        notes = f"test-time augmentation ({self.hparams.tta}) is not exported" if self.hparams.tta != "none" else ""
+        in_chans = (self.hparams.backbone_kwargs or {}).get("in_chans", 3)
+        return ExportSpec(Probabilities(self.backbone, dim=1).eval(), (example_images(in_chans, *size),), ["image"],
+                          ["probs"], dynamic_batch=dynamic_batch, preprocess=preprocess, notes=notes,
+                          inputs_from_batch=lambda batch: (batch["image"],))
+
     # ---- predict -----------------------------------------------------------------------------------------
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         probs = self.predict_probs(batch["image"])

@@ -243,6 +243,8 @@ class DenseCNNCLI(LightningCLI):
             raise
         except (ValueError, TypeError, OSError, RuntimeError, KeyError) as err:
             raise ConfigError(f"building the {self.subcommand} run from its config: {root_cause(err)}") from err
+        if getattr(self, "trainer", None) is not None:
+            check_cluster_allocation(self.trainer)
 
     def _explicit_config(self) -> Any:
         """The config as the user wrote it (files and command line), without the parser's defaults."""
@@ -260,10 +262,10 @@ class DenseCNNCLI(LightningCLI):
             return
         if path == "last":
             dirs = checkpoint_search_dirs(config.trainer)
-            found = find_last_checkpoint(dirs)
+            found = find_resume_checkpoint(dirs)
             if found is None:
                 where = ", ".join(str(d) for d in dirs)
-                if subcommand == "fit" and not last_checkpoint_candidates(dirs):
+                if subcommand == "fit" and not last_checkpoint_candidates(dirs) and not requeue_checkpoints(dirs[0]):
                     print(f"--ckpt_path last: no last*.ckpt under {where}; starting a new run", file=sys.stderr)
                     config["ckpt_path"] = None
                     return
@@ -277,6 +279,44 @@ class DenseCNNCLI(LightningCLI):
         self.config = self.parser.parse_object({subcommand: {"model": merged}}, self.config)
         if subcommand == "fit":
             continue_log_version(self.config[subcommand].trainer, checkpoint)
+
+
+def requeue_checkpoints(root: Path) -> list[Path]:
+    """The ``hpc_ckpt_<n>.ckpt`` files Lightning's SLURM handler saves in the run root when the job is signalled
+    before its time limit (``#SBATCH --signal=SIGUSR1@90``, configs/cluster/slurm_ddp.sbatch), highest n first."""
+    found = [p for p in root.glob("hpc_ckpt_*.ckpt") if p.is_file() and p.stem.rpartition("_")[2].isdigit()]
+    return sorted(found, key=lambda p: int(p.stem.rpartition("_")[2]), reverse=True)
+
+
+def find_resume_checkpoint(dirs: list[Path]) -> Path | None:
+    """What ``--ckpt_path last`` resumes: the newer of the newest readable ``last*.ckpt`` under ``dirs`` and the
+    newest readable SLURM requeue checkpoint in the run root ``dirs[0]``. A requeued job restarts with the same
+    command, and its requeue checkpoint is newer than ``last.ckpt`` unless a later save overtook it."""
+    found = [find_last_checkpoint(dirs)]
+    for candidate in requeue_checkpoints(dirs[0]):
+        try:
+            read_checkpoint(candidate)
+        except CheckpointError as err:
+            warnings.warn(f"skipping an unreadable requeue checkpoint: {err}", stacklevel=2)
+            continue
+        found.append(candidate)
+        break
+    found = [p for p in found if p is not None]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def check_cluster_allocation(trainer: pl.Trainer) -> None:
+    """Under SLURM or torchrun the processes exist before Lightning starts, and ``trainer.devices`` x
+    ``trainer.num_nodes`` must match them (or the ranks wait for each other forever). Lightning checks this
+    only when the run launches, with a traceback; here it is a config error naming the keys."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if environment is None or not environment.creates_processes_externally:
+        return
+    try:
+        environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+    except ValueError as err:
+        raise ConfigError(f"trainer.devices={trainer.num_devices}, trainer.num_nodes={trainer.num_nodes} do not "
+                          f"match the processes {type(environment).__name__} started: {err}") from err
 
 
 class _DropLightningNoise(logging.Filter):

@@ -311,6 +311,11 @@ class DensePredictionTask(BaseTask):
         return self.head.forward_scales(images, self.backbone.forward_features(images)[-1], maps,
                                         through_scale3=self.hparams.training_stage != "scales12")
 
+    def compile_targets(self) -> list[tuple[torch.nn.Module, str]]:
+        """The whole network, ``forward_scales`` (scale 1's backbone and fully connected layers, scales 2 and 3):
+        the three scales' convolutions and upsampling fuse into one graph."""
+        return [(self, "forward_scales")]
+
     @staticmethod
     def resize_output(target: str, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         if tuple(x.shape[-2:]) != tuple(size):
@@ -498,6 +503,50 @@ class DensePredictionTask(BaseTask):
         maps = self._as_maps({k: v[:n] for k, v in outputs.items()})
         truth = {t: batch[t][:n].cpu() for t in self.targets if t in batch}
         self.log_picture(f"{stage}/examples", dense_panel(images, maps, truth, self.palette()))
+
+    # ---- export ------------------------------------------------------------------------------------------------
+    OUTPUT_UNITS = {"depth": "metres (N, H, W): exp of the network's log depth, not clamped",
+                    "normals": "unit surface normals (N, 3, H, W), camera coordinates (x, y, z)",
+                    "semantic": "class scores (N, num_classes, H, W): logits, before softmax; argmax gives the label"}
+    INPUT_MAP_UNITS = {"depth": "metres (N, H, W); 0 or non-finite where missing",
+                       "normals": "unit surface normals (N, 3, H, W); 0 or NaN where missing"}
+
+    def export_spec(self, *, dynamic_batch: bool = True):
+        """The three-scale network at the evaluation size, outputs at the input's size in physical units
+        (``OUTPUT_UNITS``): ``image`` (N, 3, H, W) normalised RGB, then each of ``input_maps`` as an extra input
+        in metres / unit vectors (encoded inside the graph as in training) -> one output per target."""
+        from densecnn.export import ExportSpec
+        from densecnn.export.modules import DenseOutputs
+
+        from .export import attached_datamodule, backbone_input_size, example_images, image_preprocess
+
+        datamodule = attached_datamodule(self)
+        transform = getattr(datamodule, "eval_transform", None)
+        steps = None
+        if transform is not None and hasattr(transform, "size"):  # DenseAugment: resize, then the optional crop
+            size = tuple(transform.size)
+            steps = [{"op": "resize", "size": list(size), "interpolation": "area when shrinking, else bilinear"}]
+            if transform.eval_crop:
+                size = tuple(min(c, s) for c, s in zip(transform.crop_size, size))
+                steps.append({"op": "center_crop", "size": list(size)})
+        else:
+            size = backbone_input_size(self)
+        maps = list(self.hparams.input_maps)
+        generator = torch.Generator().manual_seed(1)
+        extra = {"depth": lambda: torch.rand(2, *size, generator=generator) * 9 + 0.5,
+                 "normals": lambda: F.normalize(torch.randn(2, 3, *size, generator=generator), dim=1)}
+        in_chans = (self.hparams.backbone_kwargs or {}).get("in_chans", 3)
+        example = (example_images(in_chans, *size), *(extra[name]() for name in maps))
+        preprocess = {**image_preprocess(self, size, steps), "targets": self.targets,
+                      "input_maps": {name: self.INPUT_MAP_UNITS[name] for name in maps},
+                      "units": {t: ("metres" if t == "depth" else "unit vectors" if t == "normals" else "logits")
+                                for t in self.targets},
+                      "outputs": {t: self.OUTPUT_UNITS[t] for t in self.targets}}
+        if "semantic" in self.targets:
+            preprocess["class_names"] = self.class_names
+        return ExportSpec(DenseOutputs(self, self.targets, maps).eval(), example, ["image", *maps],
+                          list(self.targets), dynamic_batch=dynamic_batch, preprocess=preprocess,
+                          inputs_from_batch=lambda batch: (batch["image"], *(batch[name] for name in maps)))
 
     # ---- predict -----------------------------------------------------------------------------------------------
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:

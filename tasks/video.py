@@ -49,7 +49,7 @@ from densecnn.errors import ConfigError, UserError
 from densecnn.weights import WeightsError
 from densecnn.viz import BAD, GOOD, image_grid, save_png, to_uint8_images
 
-from .base import BaseTask
+from .base import BaseTask, to_channels_last
 
 PROBE_LOSSES = ("hinge", "cross_entropy")
 
@@ -71,6 +71,7 @@ class DescriptorDataset(Dataset):
 class VideoClassificationTask(BaseTask):
     monitor_mode = "max"
     identity_hparams = (*BaseTask.identity_hparams, "clip_len", "crop_size", "feature_protocol")
+    input_keys = ("video",)
 
     def __init__(
         self,
@@ -101,8 +102,10 @@ class VideoClassificationTask(BaseTask):
                 validation videos are embedded once per fit; every backbone weight must come from ``weights``.
             feature_cache_dir: with ``feature_protocol``, also keep the descriptors there (one ``.pt`` file per
                 split, written atomically), so the next fit with the same backbone weights and data embeds nothing.
-            channels_last: keep 3D backbones and clips in ``channels_last_3d`` memory layout; PyTorch's CPU
-                Conv3d backward is several times faster in it (``benchmarks/video.py``), and GPUs prefer it too.
+            channels_last: ``BaseTask``'s option, on by default here: 3D weights and clips in
+                ``channels_last_3d`` memory layout (2D weights of a frame-averaged backbone in ``channels_last``);
+                PyTorch's CPU Conv3d backward is several times faster in it (``benchmarks/video.py``), and GPUs
+                prefer it too.
         """
         self._check_choice("probe_loss", probe_loss, PROBE_LOSSES)
         if class_names is not None and len(class_names) != num_classes:
@@ -117,7 +120,7 @@ class VideoClassificationTask(BaseTask):
         # Views averaged into a video prediction; they name the video metrics and are taken from the
         # DataModule (its clips_per_video and crops_per_clip) when the task runs in a Trainer.
         self.clips_per_video, self.crops_per_clip = 10, 1
-        super().__init__(backbone=backbone, weights=weights, **kwargs)
+        super().__init__(backbone=backbone, weights=weights, channels_last=channels_last, **kwargs)
 
     # ---- model -------------------------------------------------------------------------------------------
     @property
@@ -132,8 +135,6 @@ class VideoClassificationTask(BaseTask):
             overrides["input_size"] = (3, h.clip_len, h.crop_size, h.crop_size)
         if self.is_3d:
             self.backbone = self._build_backbone(**overrides)
-            if h.channels_last:
-                self.backbone.to(memory_format=torch.channels_last_3d)
         else:
             self.backbone = FrameAveraged(self._build_backbone(**overrides))
         if h.feature_protocol:
@@ -141,6 +142,13 @@ class VideoClassificationTask(BaseTask):
                 p.requires_grad_(False)
             self.backbone.eval()
             self.probe = nn.Linear(self._descriptor_width(), h.num_classes)
+
+    def compile_targets(self) -> list[tuple[nn.Module, str]]:
+        """The backbone's ``forward_features``; for a 2D backbone run per frame, the 2D model's (``FrameAveraged``
+        folds time into the batch around it)."""
+        if isinstance(self.backbone, FrameAveraged):
+            return [(self.backbone.model, "forward_features")]
+        return super().compile_targets()
 
     def _build_backbone(self, **overrides) -> nn.Module:
         """``build_backbone``; for the feature protocol a file that does not fill the whole (frozen) backbone is
@@ -299,8 +307,8 @@ class VideoClassificationTask(BaseTask):
     # ---- forward passes ----------------------------------------------------------------------------------
     def clip_descriptors(self, clips: torch.Tensor) -> torch.Tensor:
         """(N, C, T, H, W) -> (N, D) feature-protocol descriptors of single clips (``feature_layer``)."""
-        if self.hparams.channels_last and self.is_3d:
-            clips = clips.contiguous(memory_format=torch.channels_last_3d)
+        if self.hparams.channels_last:
+            clips = to_channels_last(clips)
         with torch.no_grad():
             if hasattr(self.backbone, "embed"):
                 return self.backbone.embed(clips, self.hparams.feature_layer)
@@ -321,8 +329,8 @@ class VideoClassificationTask(BaseTask):
             return self.clip_logits(videos.flatten(0, 1)).view(videos.shape[0], videos.shape[1], -1)
         if videos.dim() != 5:
             raise ValueError(f"expected clips (B, C, T, H, W) or (B, K, C, T, H, W), got {tuple(videos.shape)}")
-        if self.hparams.channels_last and self.is_3d:
-            videos = videos.contiguous(memory_format=torch.channels_last_3d)
+        if self.hparams.channels_last:
+            videos = to_channels_last(videos)  # (B, K, ...) views arrive here flattened to 5-D
         if self.hparams.feature_protocol:
             return self.probe(F.normalize(self.clip_descriptors(videos), dim=1))
         return self.backbone(videos)
@@ -400,6 +408,39 @@ class VideoClassificationTask(BaseTask):
         if "video_probs" in outputs and "video" in batch:  # cached descriptors have no frames to show
             self.log_picture(f"{stage}/examples", self.clip_strip(batch["video"], outputs["video_probs"].float(),
                                                                   batch["label"]))
+
+    # ---- export ------------------------------------------------------------------------------------------
+    def export_spec(self, *, dynamic_batch: bool = True):
+        """The clip classifier with its softmax on a fixed clip: ``video`` (N, 3, clip_len, crop_size, crop_size)
+        normalised RGB -> ``probs`` (N, num_classes). C3D, the torchvision video ResNets and 2D backbones run per
+        frame (``FrameAveraged``) alike; averaging several clips into a video prediction is left to the caller
+        (``preprocess.json``'s ``sampling``)."""
+        from densecnn.export import ExportSpec
+        from densecnn.export.modules import Probabilities
+
+        from .export import attached_datamodule, eval_steps, example_images, image_preprocess
+
+        h = self.hparams
+        datamodule = attached_datamodule(self)
+        size = (h.crop_size, h.crop_size)
+        data = getattr(datamodule, "hparams", {}) if datamodule is not None else {}
+        resize = data.get("resize")
+        steps = ([{"op": "resize_shorter_side" if isinstance(resize, int) else "resize",
+                   "size": resize if isinstance(resize, int) else list(resize), "interpolation": "bilinear"}]
+                 if resize is not None else []) + (eval_steps(datamodule) or [])
+        preprocess = {**image_preprocess(self, size, steps if datamodule is not None else None),
+                      "layout": "NCTHW", "clip_len": h.clip_len, "frame_stride": data.get("frame_stride", 1),
+                      "frame_size": None if resize is None else resize, "crop_size": h.crop_size,
+                      "sampling": {"clip": f"{h.clip_len} frames, every {data.get('frame_stride', 1)}-th decoded frame",
+                                   "clips_per_video": data.get("clips_per_video", self.clips_per_video),
+                                   "crops_per_clip": data.get("crops_per_clip", self.crops_per_clip),
+                                   "video_prediction": "mean of the clips' probabilities over uniformly spaced clips"},
+                      "class_names": self.class_names,
+                      "outputs": {"probs": "softmax probabilities (N, num_classes) of each clip, in class_names order"}}
+        return ExportSpec(Probabilities(self, dim=1).eval(), (example_images(3, h.clip_len, *size),), ["video"],
+                          ["probs"], dynamic_batch=dynamic_batch, preprocess=preprocess,
+                          inputs_from_batch=lambda batch: (batch["video"].flatten(0, 1) if batch["video"].dim() == 6
+                                                           else batch["video"],))
 
     # ---- predict -----------------------------------------------------------------------------------------
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:

@@ -381,9 +381,13 @@ class DetectionDataset(Dataset):
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, record.height)
         return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
 
+    def read_image(self, record: DetectionRecord) -> np.ndarray:
+        """The record's image (a streaming dataset reads it from its chunks: ``densecnn.data.streaming``)."""
+        return read_rgb(record.path)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image = read_rgb(record.path)
+        image = self.read_image(record)
         check_image_size(record, image)
         difficult = record.difficult if len(record.difficult) == len(record.labels) else \
             np.zeros(len(record.labels), np.int64)  # records built by hand without the flag

@@ -148,7 +148,8 @@ class CoarseScale(nn.Module):
         x = torch.flatten(self.pooled(features), 1)
         x = self.drop6(F.relu(self.full6(x)))
         x = F.relu(self.full7(x))
-        return x.view(len(x), self.channels, *self.coarse_size)
+        # unflatten, not view(len(x), ...): len() would fix the batch size in an exported graph
+        return x.unflatten(1, (self.channels, *self.coarse_size))
 
 
 def _conv_stack(in_channels: int, widths: Sequence[int], out_channels: int, kernel_size: int,

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from densecnn.data import DataError
 from densecnn.data.seeding import EpochSampler, SeededDataset
+from densecnn.data.streaming import StreamingRecords, expect_format, normalise_root, read_meta
 
 
 def run_seed() -> int:
@@ -88,21 +89,43 @@ class EvalDistributedSampler(DistributedSampler):
 
 class BaseDataModule(pl.LightningDataModule):
     def __init__(self, root: str, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
-                 collate_fn: Callable | None = None, drop_last: bool | None = None):
+                 collate_fn: Callable | None = None, drop_last: bool | None = None, streaming: bool = False,
+                 streaming_cache_dir: str | None = None):
         """
         Args:
             drop_last: drop the last incomplete training batch; ``None`` (default) drops it only when it would
                 hold a single sample and the model has batch norm (whose statistics are undefined for one sample).
+            streaming: ``root`` is a dataset converted by ``python -m densecnn.data.convert`` (a local folder,
+                ``file://``, ``s3://`` or ``gs://`` URL; ``densecnn.data.streaming``), read by index through the
+                same seeded samplers, transforms and DDP sharding as the folder path.
+            streaming_cache_dir: where LitData caches the chunks of a remote root (default: its own).
         """
         super().__init__()
         self.root = Path(root)
+        self.streaming = streaming
+        self.stream_root = normalise_root(root)  # Path() would fold an s3:// URL's double slash
+        self.streaming_cache_dir = streaming_cache_dir
+        self._stream_meta: dict | None = None
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.collate_fn = collate_fn
         self.drop_last = drop_last
 
+    def stream_meta(self, *formats: str) -> dict:
+        """The converted root's ``densecnn_stream.json`` (read once), checked to hold one of ``formats``."""
+        if self._stream_meta is None:
+            self._stream_meta = read_meta(self.stream_root, self.streaming_cache_dir)
+        expect_format(self._stream_meta, formats, self.stream_root)
+        return self._stream_meta
+
+    def stream_records(self, split: str) -> StreamingRecords:
+        meta = self._stream_meta or read_meta(self.stream_root, self.streaming_cache_dir)
+        return StreamingRecords(self.stream_root, split, meta, cache_dir=self.streaming_cache_dir)
+
     def check_root(self, hint: str = "") -> None:
+        if self.streaming:
+            return  # stream_meta checks a streaming root, local or remote
         if not self.root.is_dir():
             raise DataError(f"data.init_args.root: {self.root} does not exist{hint}")
 

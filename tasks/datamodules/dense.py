@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from densecnn.data import IMAGE_SUFFIXES, DataError, read_rgb
 from densecnn.data.dense import DenseAugment, DenseFolderDataset, DenseSample, read_class_names, sample_to_tensors
+from densecnn.data.streaming import StreamingDenseFolder
 from densecnn.data.synthetic import has_files
 from densecnn.data.synthetic.dense import write_dense_dataset
 from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -35,7 +36,32 @@ class DenseImageList(Dataset):
         return out
 
 
-class DenseDataModule(BaseDataModule):
+class DenseSplitsMixin:
+    """What the dense DataModules share in ``setup``: ``predict_root`` (any folder of images) and the splits
+    each stage needs, built by the DataModule's ``make_dataset(split, train)``."""
+
+    def setup_predict_folder(self, stage: str | None) -> bool:
+        """For ``predict`` with a ``predict_root``: its images as the predict set; True when that was done."""
+        if stage != "predict" or self.predict_root is None:
+            return False
+        if not self.predict_root.is_dir():
+            raise DataError(f"data.init_args.predict_root: {self.predict_root} does not exist")
+        self.predict_set = DenseImageList(self.predict_root, self.eval_transform, self.mean, self.std)
+        return True
+
+    def assign_splits(self, stage: str | None, train: str, val: str, test: str) -> None:
+        """The datasets ``stage`` needs; predict without ``predict_root`` reads the test split."""
+        if stage in ("fit", None):
+            self.train_set = self.make_dataset(train, True)
+        if stage in ("fit", "validate", None):
+            self.val_set = self.make_dataset(val, False)
+        if stage in ("test", None):
+            self.test_set = self.make_dataset(test, False)
+        if stage == "predict":
+            self.predict_set = self.make_dataset(test, False)
+
+
+class DenseDataModule(DenseSplitsMixin, BaseDataModule):
     def __init__(
         self,
         root: str,
@@ -64,6 +90,8 @@ class DenseDataModule(BaseDataModule):
         predict_root: str | None = None,
         pin_memory: bool = False,
         drop_last: bool | None = None,
+        streaming: bool = False,
+        streaming_cache_dir: str | None = None,
     ):
         """
         Args:
@@ -85,8 +113,11 @@ class DenseDataModule(BaseDataModule):
             synthetic: when ``root`` holds no images, first write the embedded synthetic rooms there
                 (``synthetic_size`` (height, width), ``synthetic_splits`` images per split).
             predict_root: images to ``predict`` on (any folder of images); defaults to the test split.
+            streaming: ``root`` is ``python -m densecnn.data.convert dense`` output (local or ``s3://``/``gs://``);
+                the same joint transforms and batches as the folder it was converted from.
         """
-        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last)
+        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last, streaming=streaming,
+                         streaming_cache_dir=streaming_cache_dir)
         self.save_hyperparameters()
         self.maps = list(maps) if maps is not None else None
         self.num_classes = num_classes
@@ -102,37 +133,38 @@ class DenseDataModule(BaseDataModule):
         self.class_names: list[str] | None = None
 
     def prepare_data(self) -> None:
-        if self.hparams.synthetic and not has_files(self.root, (".png",)):
+        if self.hparams.synthetic and not self.streaming and not has_files(self.root, (".png",)):
             height, width = self.hparams.synthetic_size
             write_dense_dataset(self.root, height=height, width=width, splits=self.hparams.synthetic_splits)
 
     def make_dataset(self, split: str, train: bool) -> Dataset:
+        if self.streaming:
+            stored = self.stream_meta("dense")["maps"]
+            missing = sorted(set(self.maps or stored) - set(stored))
+            if missing:
+                raise DataError(f"data.init_args.maps: {missing} not in the converted dataset {self.stream_root} "
+                                f"(it holds {stored}; convert again with --maps)")
+            return StreamingDenseFolder(self.stream_records(split), self.maps or stored,
+                                        self.train_transform if train else self.eval_transform,
+                                        num_classes=self.num_classes, mean=self.mean, std=self.std)
         return DenseFolderDataset(self.root / split, self.maps, self.train_transform if train else self.eval_transform,
                                   num_classes=self.num_classes, normals_from_depth=self.normals_from_depth,
                                   mean=self.mean, std=self.std, depth_scale=self.depth_scale,
                                   cache_normals=self.cache_normals, normals_cache_dir=self.normals_cache_dir)
 
     def _test_split(self) -> str:
+        if self.streaming:
+            return "test" if "test" in self.stream_meta("dense")["splits"] else "val"
         return "test" if (self.root / "test").is_dir() else "val"
 
     def setup(self, stage: str | None = None) -> None:
-        if stage == "predict" and self.predict_root is not None:
-            if not self.predict_root.is_dir():
-                raise DataError(f"data.init_args.predict_root: {self.predict_root} does not exist")
-            self.predict_set = DenseImageList(self.predict_root, self.eval_transform, self.mean, self.std)
+        if self.setup_predict_folder(stage):
             return
         self.check_root(" (set data.init_args.synthetic: true to generate the embedded synthetic rooms there)")
-        self.class_names = read_class_names(self.root)
+        self.class_names = self.stream_meta("dense")["class_names"] if self.streaming else read_class_names(self.root)
         if self.maps is None:  # fix the maps once, from the training split, so every split yields the same keys
             self.maps = list(self.make_dataset("train", False).maps)
-        if stage in ("fit", None):
-            self.train_set = self.make_dataset("train", True)
-        if stage in ("fit", "validate", None):
-            self.val_set = self.make_dataset("val", False)
-        if stage in ("test", None):
-            self.test_set = self.make_dataset(self._test_split(), False)
-        if stage == "predict":
-            self.predict_set = self.make_dataset(self._test_split(), False)
+        self.assign_splits(stage, "train", "val", self._test_split())
 
 
 class NYUDepthV2DataModule(DenseDataModule):
@@ -229,20 +261,13 @@ class NYUDepthV2DataModule(DenseDataModule):
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
-        if stage == "predict" and self.predict_root is not None:
-            return super().setup(stage)
+        if self.setup_predict_folder(stage):
+            return
         self.check_root()
-        if stage in ("fit", None):
-            self.train_set = self.make_dataset("train", True)
-        if stage in ("fit", "validate", None):
-            self.val_set = self.make_dataset("test", False)
-        if stage in ("test", None):
-            self.test_set = self.make_dataset("test", False)
-        if stage == "predict":
-            self.predict_set = self.make_dataset("test", False)
+        self.assign_splits(stage, "train", "test", "test")
 
 
-class KittiDepthDataModule(BaseDataModule):
+class KittiDepthDataModule(DenseSplitsMixin, BaseDataModule):
     """KITTI depth from the raw recordings with split lists (Eigen's split in monodepth2's or BTS's format) and
     ground truth from the depth benchmark's annotated maps or projected Velodyne scans
     (``densecnn.data.kitti``). Evaluation batches carry the full-resolution ground truth and the protocol
@@ -343,17 +368,7 @@ class KittiDepthDataModule(BaseDataModule):
                                  mean=self.mean, std=self.std)
 
     def setup(self, stage: str | None = None) -> None:
-        if stage == "predict" and self.predict_root is not None:
-            if not self.predict_root.is_dir():
-                raise DataError(f"data.init_args.predict_root: {self.predict_root} does not exist")
-            self.predict_set = DenseImageList(self.predict_root, self.eval_transform, self.mean, self.std)
+        if self.setup_predict_folder(stage):
             return
         self.check_root()
-        if stage in ("fit", None):
-            self.train_set = self.make_dataset("train_list", True)
-        if stage in ("fit", "validate", None):
-            self.val_set = self.make_dataset("val_list", False)
-        if stage in ("test", None):
-            self.test_set = self.make_dataset("test_list", False)
-        if stage == "predict":
-            self.predict_set = self.make_dataset("test_list", False)
+        self.assign_splits(stage, "train_list", "val_list", "test_list")

@@ -17,6 +17,7 @@ from densecnn.data import DataError, read_rgb
 from densecnn.data.detection import (VOC_CLASSES, DetectionDataset, DetectionRecord, build_detection_pipeline,
                                      detection_collate, image_records, load_proposals, read_coco, read_voc,
                                      record_key, save_proposals, selective_search)
+from densecnn.data.streaming import StreamingDetection
 from densecnn.data.synthetic.common import has_files
 from densecnn.data.synthetic.detection import write_detection_dataset
 from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -40,8 +41,13 @@ class DetectionDataModule(BaseDataModule, ABC):
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
                  proposals: str | None = None, selective_search_mode: str = "fast", max_proposals: int = 2000,
                  train_split: str = "train", val_split: str = "val", test_split: str = "test",
-                 predict_root: str | None = None, pin_memory: bool = False, drop_last: bool | None = None):
-        super().__init__(root, batch_size, num_workers, pin_memory, collate_fn=detection_collate, drop_last=drop_last)
+                 predict_root: str | None = None, pin_memory: bool = False, drop_last: bool | None = None,
+                 streaming: bool = False, streaming_cache_dir: str | None = None):
+        """``streaming``: ``root`` is ``python -m densecnn.data.convert coco|voc`` output (local or ``s3://``/
+        ``gs://``), read with the same pipelines and batches as the files it was converted from; split names
+        are the converted ones. Region proposals (R-CNN, Fast R-CNN) are not streamed."""
+        super().__init__(root, batch_size, num_workers, pin_memory, collate_fn=detection_collate, drop_last=drop_last,
+                         streaming=streaming, streaming_cache_dir=streaming_cache_dir)
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = build_detection_pipeline(image_size, train=True, mean=mean, std=std, hflip=hflip,
@@ -76,6 +82,9 @@ class DetectionDataModule(BaseDataModule, ABC):
 
     def prepare_proposals(self) -> None:
         """Run selective search over each split once and cache it (rank zero, from ``prepare_data``)."""
+        if self.streaming and self.proposals is not None:
+            raise DataError("data.init_args.proposals: region proposals are not read from a streaming root; "
+                            "use the annotation files (streaming: false) for R-CNN and Fast R-CNN")
         if self.proposals != SELECTIVE_SEARCH:
             return
         for split in dict.fromkeys(self.splits.values()):
@@ -98,6 +107,9 @@ class DetectionDataModule(BaseDataModule, ABC):
     # ---- datasets -----------------------------------------------------------------------------------------
     def dataset(self, split_name: str, *, train: bool, records: Sequence[DetectionRecord] | None = None,
                 stage_split: str | None = None) -> DetectionDataset:
+        if self.streaming and records is None:
+            return StreamingDetection(self.stream_records(split_name),
+                                      self.train_transform if train else self.eval_transform, keep_ignored=not train)
         records = self.read_split(split_name) if records is None else records
         proposals = self._proposals_for(stage_split or split_name, records)
         return DetectionDataset(records, self.train_transform if train else self.eval_transform,
@@ -106,12 +118,18 @@ class DetectionDataModule(BaseDataModule, ABC):
 
     def setup(self, stage: str | None = None) -> None:
         self.check_root()
-        self.read_classes()
+        if self.streaming:
+            meta = self.stream_meta("coco", "voc")
+            self.class_names, self.category_ids = list(meta["class_names"]), list(meta["category_ids"])
+            has_test = self.splits["test"] in meta["splits"]
+        else:
+            self.read_classes()
+            has_test = self.split_exists(self.splits["test"])
         if stage in ("fit", None):
             self.train_set = self.dataset(self.splits["train"], train=True)
         if stage in ("fit", "validate", None):
             self.val_set = self.dataset(self.splits["val"], train=False)
-        test_split = self.splits["test"] if self.split_exists(self.splits["test"]) else self.splits["val"]
+        test_split = self.splits["test"] if has_test else self.splits["val"]
         if stage in ("test", None):
             self.test_set = self.dataset(test_split, train=False)
         if stage == "predict":
@@ -159,7 +177,7 @@ class CocoDetectionDataModule(DetectionDataModule):
         self._cache: dict[str, list[DetectionRecord]] = {}
 
     def prepare_data(self) -> None:
-        if self.synthetic and not has_files(self.root, (".png", ".jpg", ".json")):
+        if self.synthetic and not self.streaming and not has_files(self.root, (".png", ".jpg", ".json")):
             write_detection_dataset(self.root, image_size=self.synthetic_image_size, splits=self.synthetic_splits)
         self.prepare_proposals()
 

@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 
 from densecnn.data import IMAGE_SUFFIXES, DataError, ImageFolderDataset, build_pipeline
 from densecnn.data.image_folder import find_classes
+from densecnn.data.streaming import StreamingImageFolder
 from densecnn.data.synthetic import has_files, write_classification_dataset
 from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -50,6 +51,8 @@ class ImageFolderDataModule(BaseDataModule):
         predict_root: str | None = None,
         pin_memory: bool = False,
         drop_last: bool | None = None,
+        streaming: bool = False,
+        streaming_cache_dir: str | None = None,
     ):
         """
         Args:
@@ -61,8 +64,11 @@ class ImageFolderDataModule(BaseDataModule):
             skip_corrupt: drop unreadable images with a warning instead of failing on them.
             synthetic: when ``root`` holds no images, first write the embedded synthetic dataset there.
             predict_root: images to ``predict`` on (a flat folder or class folders); defaults to the test split.
+            streaming: ``root`` is ``python -m densecnn.data.convert image_folder`` output (local or
+                ``s3://``/``gs://``); the same transforms and batches as the folder it was converted from.
         """
-        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last)
+        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last, streaming=streaming,
+                         streaming_cache_dir=streaming_cache_dir)
         self.save_hyperparameters()
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
@@ -78,10 +84,12 @@ class ImageFolderDataModule(BaseDataModule):
         self.class_names: list[str] = []
 
     def prepare_data(self) -> None:
-        if self.synthetic and not has_files(self.root, IMAGE_SUFFIXES):
+        if self.synthetic and not self.streaming and not has_files(self.root, IMAGE_SUFFIXES):
             write_classification_dataset(self.root, image_size=self.hparams.synthetic_image_size)
 
-    def _split(self, name: str, transform) -> ImageFolderDataset:
+    def _split(self, name: str, transform) -> ImageFolderDataset | StreamingImageFolder:
+        if self.streaming:
+            return StreamingImageFolder(self.stream_records(name), self.class_names, transform)
         return ImageFolderDataset(self.root / name, self.class_names, transform, skip_corrupt=self.skip_corrupt)
 
     def setup(self, stage: str | None = None) -> None:
@@ -89,12 +97,15 @@ class ImageFolderDataModule(BaseDataModule):
             self._setup_predict_root()
             return
         self.check_root(" (set data.init_args.synthetic: true to generate the embedded synthetic data there)")
-        self.class_names = find_classes(self.root / "train")
+        self.class_names = (self.stream_meta("image_folder")["class_names"] if self.streaming
+                            else find_classes(self.root / "train"))
         if stage in ("fit", None):
             self.train_set = self._split("train", self.train_transform)
         if stage in ("fit", "validate", None):
             self.val_set = self._split("val", self.eval_transform)
-        test_name = "test" if (self.root / "test").is_dir() else "val"
+        has_test = ("test" in self.stream_meta("image_folder")["splits"] if self.streaming
+                    else (self.root / "test").is_dir())
+        test_name = "test" if has_test else "val"
         if stage in ("test", None):
             self.test_set = self._split(test_name, self.eval_transform)
         if stage == "predict":

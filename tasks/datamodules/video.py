@@ -15,6 +15,7 @@ from typing import Any, Literal
 from torch.utils.data import Dataset
 
 from densecnn.data import DataError, build_pipeline
+from densecnn.data.streaming import StreamingFrameStore
 from densecnn.data.synthetic.common import has_files
 from densecnn.data.synthetic.video import write_video_dataset
 from densecnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -85,6 +86,8 @@ class VideoFolderDataModule(BaseDataModule):
         pin_memory: bool = False,
         drop_last: bool | None = None,
         crops_per_clip: int = 1,
+        streaming: bool = False,
+        streaming_cache_dir: str | None = None,
     ):
         """
         Args:
@@ -120,6 +123,9 @@ class VideoFolderDataModule(BaseDataModule):
                 centre) or 3 (``crop_size`` squares at the left, centre and right of the long side, C3D /
                 MMAction2's ThreeCrop); video accuracy averages the softmax over all clips x crops views, and
                 the count is part of the metric's name.
+            streaming: ``root`` is ``python -m densecnn.data.convert video`` output (local or ``s3://``/``gs://``):
+                the encoded videos with the converted splits; the same clips and batches as the files.
+                ``cache_dir`` does not apply (each read decodes from a scratch copy of the encoded file).
         """
         if crops_per_clip not in (1, 3):
             raise ConfigError(f"data.init_args.crops_per_clip must be 1 (one crop) or 3 (left/centre/right), got "
@@ -129,7 +135,8 @@ class VideoFolderDataModule(BaseDataModule):
                               f"{list_format!r}")
         if list_files is not None and list_format not in ("auto", "mmaction"):
             raise ConfigError(f"data.init_args.list_files is for list_format 'mmaction', not {list_format!r}")
-        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last)
+        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last, streaming=streaming,
+                         streaming_cache_dir=streaming_cache_dir)
         self.save_hyperparameters()
         self.clip_len, self.frame_stride, self.clips_per_video = clip_len, frame_stride, clips_per_video
         self.crops_per_clip = crops_per_clip  # views per clip at evaluation; names the video metrics
@@ -146,7 +153,7 @@ class VideoFolderDataModule(BaseDataModule):
 
     def prepare_data(self) -> None:
         h = self.hparams
-        if h.synthetic and not has_files(self.root, VIDEO_SUFFIXES):
+        if h.synthetic and not self.streaming and not has_files(self.root, VIDEO_SUFFIXES):
             write_video_dataset(self.root, videos_per_class=h.synthetic_videos_per_class,
                                 num_frames=h.synthetic_num_frames, frame_size=tuple(h.synthetic_frame_size))
 
@@ -156,16 +163,20 @@ class VideoFolderDataModule(BaseDataModule):
         return VideoClipDataset(samples, clip_len=h.clip_len, frame_stride=h.frame_stride, sampling=sampling,
                                 clips_per_video=h.clips_per_video,
                                 transform=self.train_transform if train else self.eval_transform,
-                                frames=FrameStore(h.resize, h.cache_dir), short_video_policy=h.short_video_policy,
+                                frames=self.stream_frames if self.streaming else FrameStore(h.resize, h.cache_dir),
+                                short_video_policy=h.short_video_policy,
                                 skip_corrupt=h.skip_corrupt, crops_per_clip=1 if train else h.crops_per_clip,
                                 crop_size=h.crop_size)
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
         self.check_root(" (set data.init_args.synthetic: true to generate the embedded synthetic data there)")
-        self.class_names, splits = video_splits(self.root, list_format=h.list_format, split=h.split,
-                                                val_fraction=h.val_fraction, test_fraction=h.test_fraction,
-                                                seed=h.split_seed, list_files=h.list_files)
+        if self.streaming:
+            self.class_names, splits = self._stream_splits()
+        else:
+            self.class_names, splits = video_splits(self.root, list_format=h.list_format, split=h.split,
+                                                    val_fraction=h.val_fraction, test_fraction=h.test_fraction,
+                                                    seed=h.split_seed, list_files=h.list_files)
         self.splits = splits
         self.descriptor_sets: dict[str, Dataset] = {}  # the feature protocol's, set by the task per fit
         if stage in ("fit", None):
@@ -207,6 +218,15 @@ class VideoFolderDataModule(BaseDataModule):
     def val_dataloader(self):
         descriptors = getattr(self, "descriptor_sets", {})
         return self.eval_loader(descriptors["val"]) if "val" in descriptors else super().val_dataloader()
+
+    def _stream_splits(self) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+        """The converted splits' (path, label) lists and a frame store that reads their records."""
+        meta = self.stream_meta("video")
+        splits = {name: [(path, label) for path, label in info["samples"]] for name, info in meta["splits"].items()}
+        records = {name: self.stream_records(name) for name in splits}
+        locations = {path: (name, i) for name, samples in splits.items() for i, (path, _) in enumerate(samples)}
+        self.stream_frames = StreamingFrameStore(records, locations, self.hparams.resize)
+        return list(meta["class_names"]), {name: splits.get(name, []) for name in ("train", "val", "test")}
 
     def _nonempty(self, splits: dict, name: str) -> list:
         if not splits[name]:

@@ -120,7 +120,7 @@ class DetectionTask(BaseTask):
                           batch_size=batch_size)
             return loss
         detections = self.detect(batch["image"], batch)
-        self.update_metrics(stage, detections, batch)
+        self.update_metrics_float32(stage, detections, batch)
         if batch_idx == 0 and not self.trainer.sanity_checking and not self.tuning():
             self.log_examples(stage, batch, detections)
         return None

@@ -99,21 +99,37 @@ class FastRCNNTask(ProposalDetectionTask):
     def head_modules(self) -> list:
         return [self.box_head]
 
-    def pooled_rois(self, images: torch.Tensor, rois: list[torch.Tensor]) -> torch.Tensor:
-        """Features once per image, then one ``roi_size`` x ``roi_size`` map per RoI."""
+    def pooled_rois(self, images: torch.Tensor, rois: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """Features once per image, then one ``roi_size`` x ``roi_size`` map per RoI (``rois``: one ``(N_i, 4)``
+        tensor per image, or one ``(K, 5)`` tensor of ``[image index, x1, y1, x2, y2]`` rows)."""
         h = self.hparams
         features = self.backbone.feature_maps(images, [h.feature_index])[0]
         if features.dtype == torch.bfloat16:
             # bf16-mixed: RoI coordinates in bfloat16 (8-bit mantissa) would snap to a 4 px grid at 500-1000 px,
             # and torchvision's roi_pool has no bfloat16 CPU kernel: pool from float32 (exact for max pooling)
             features = features.float()
-        rois = [r.to(features.dtype) for r in rois]
+        rois = rois.to(features.dtype) if isinstance(rois, torch.Tensor) else [r.to(features.dtype) for r in rois]
         if h.roi_op == "align":
             return roi_align(features, rois, h.roi_size, self.spatial_scale, sampling_ratio=2, aligned=True)
         return roi_pool(features, rois, h.roi_size, self.spatial_scale)
 
     def region_features(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         return self.box_head.features(self.pooled_rois(images, boxes))
+
+    def roi_features(self, images: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        return self.box_head.features(self.pooled_rois(images, rois))
+
+    def export_spec(self, *, dynamic_batch: bool = True, datamodule=None):
+        """The per-RoI network: images and RoIs -> class probabilities and box deltas (``tasks.detection.
+        export``), with fc6/fc7 compressed by truncated SVD when ``svd_rank_fc6``/``svd_rank_fc7`` ask for it,
+        as for test and predict."""
+        from .export import region_spec
+
+        self._compress_for_inference()
+        h = self.hparams
+        return region_spec(self, dynamic_batch, f"Fast R-CNN (RoI {'max pooling' if h.roi_op == 'pool' else 'align'}"
+                                                f" to {h.roi_size} x {h.roi_size}, fc6, fc7, classifier and box "
+                                                f"regressor inside the graph)", datamodule)
 
     def predict_regions(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.box_head.predictor(features)

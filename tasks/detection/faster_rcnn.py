@@ -159,6 +159,19 @@ class FasterRCNNTask(DetectionTask):
                              f"each region; use box_head: mlp or fpn: true")
         return stage
 
+    def compile_targets(self) -> list[tuple[torch.nn.Module, str]]:
+        """torchvision's ``backbone`` of the detector (ours with the FPN, when there is one): fixed-size batches
+        in, feature maps out. The RPN and RoI heads stay eager: their proposal counts change every image and
+        their NMS and sampling are data-dependent (graph breaks, recompilation)."""
+        return [(self.detector.backbone, "forward")]
+
+    def export_spec(self, *, dynamic_batch: bool = True, datamodule=None):
+        """One image -> boxes, labels, scores through torchvision's ONNX path, resize and NMS included
+        (``tasks.detection.export``); one image per call whatever ``dynamic_batch`` says."""
+        from .export import faster_rcnn_spec
+
+        return faster_rcnn_spec(self, datamodule)
+
     def head_modules(self) -> list:
         heads = [self.detector.rpn, self.detector.roi_heads]
         if self.detector.backbone.fpn is not None:

@@ -239,6 +239,13 @@ class OverFeatTask(DetectionTask):
         the padding the pipeline added at the bottom and right)."""
         return torch.where((boxes[:, 0] < size[1]) & (boxes[:, 1] < size[0]) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0))[0]
 
+    def export_spec(self, *, dynamic_batch: bool = True, datamodule=None):
+        """The convolutional network at every pyramid scale (class-probability and box-delta maps); the window
+        decoding is documented in ``preprocess["decoding"]`` (``tasks.detection.export``)."""
+        from .export import overfeat_spec
+
+        return overfeat_spec(self, dynamic_batch, datamodule)
+
     # ---- training ----------------------------------------------------------------------------------------
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """The loss on windows sampled from the same dense score maps ``detect`` uses, so training sees

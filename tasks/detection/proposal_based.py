@@ -37,6 +37,11 @@ class ProposalDetectionTask(DetectionTask):
         """``(sum of boxes, D)`` features of every box (xyxy, network-input pixels) of every image."""
 
     @abstractmethod
+    def roi_features(self, images: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """``(K, D)`` features of ``(K, 5)`` RoIs ``[image index, x1, y1, x2, y2]`` (what the exported per-RoI
+        graph runs, ``tasks.detection.export``)."""
+
+    @abstractmethod
     def predict_regions(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``(R, K + 1)`` and class-specific box deltas ``(R, (K + 1) * 4)``."""
 

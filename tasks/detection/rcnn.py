@@ -135,13 +135,18 @@ class RCNNTask(ProposalDetectionTask):
         """Warp every box (with context) to ``crop_size`` and run the CNN on each, ``crop_batch_size`` at a
         time: only the features of the chunks are concatenated. ``(R, num_features)``; with no box at all the
         CNN still runs (on an empty batch), so its parameters stay in the graph (DDP)."""
-        rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), context_boxes(b, self.crop_size,
-                                                                             self.hparams.context)], dim=1)
-                          for i, b in enumerate(boxes)]) if boxes else images.new_zeros((0, 5))
+        rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)]
+                         ) if boxes else images.new_zeros((0, 5))
         # equal chunks rather than full ones and a remainder: a remainder of one region would be a batch of one
         # for a batch-norm backbone in training (each chunk is its own normalisation batch there)
         chunks = rois.tensor_split(math.ceil(len(rois) / self.hparams.crop_batch_size)) if len(rois) else [rois]
-        return torch.cat([self.backbone(warp_regions(images, part, self.crop_size)) for part in chunks])
+        return torch.cat([self.roi_features(images, part) for part in chunks])
+
+    def roi_features(self, images: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """CNN features of ``(K, 5)`` RoIs ``[image index, x1, y1, x2, y2]`` in one pass: each box dilated for
+        context (Appendix A) and warped to ``crop_size``. ``(K, num_features)``."""
+        dilated = context_boxes(rois[:, 1:], self.crop_size, self.hparams.context)
+        return self.backbone(warp_regions(images, torch.cat([rois[:, :1], dilated], dim=1), self.crop_size))
 
     def predict_regions(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.predictor(features)
@@ -154,8 +159,17 @@ class RCNNTask(ProposalDetectionTask):
         if self.svm is None:
             return class_logits.softmax(dim=1), box_regression
         margins = torch.sigmoid(self.svm(features))
-        return torch.cat([margins.new_zeros((len(margins), 1)), margins], dim=1), box_regression
+        # zeros_like, not new_zeros(len(...)): a traced len() would fix the exported graph's RoI count
+        return torch.cat([torch.zeros_like(margins[:, :1]), margins], dim=1), box_regression
 
+    def export_spec(self, *, dynamic_batch: bool = True, datamodule=None):
+        """The per-RoI network: images and RoIs -> class scores (softmax, or the SVMs' sigmoid margins) and box
+        deltas (``tasks.detection.export``)."""
+        from .export import region_spec
+
+        what = "R-CNN (context dilation, warping, CNN, " + ("SVMs" if self.svm is not None else "softmax") + \
+            " and box regression inside the graph)"
+        return region_spec(self, dynamic_batch, what, datamodule)
 
     def extra_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         if self.svm is None:
