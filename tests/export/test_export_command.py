@@ -211,3 +211,29 @@ def test_video_checkpoint_exports_on_a_fixed_clip(tmp_path, fmt, capsys):
     hparams = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert doc["class_names"] == hparams["class_names"] and len(doc["class_names"]) == 6
     assert doc["verification"]["batch_sizes"][0] == 4 * 2  # 4 test videos x 2 clips each, as single clips
+
+
+@pytest.mark.slow
+def test_faster_rcnn_checkpoint_exports_one_image_to_boxes(tmp_path, capsys):
+    """A detector through the command: the quickstart Faster R-CNN at a small width, one training step, exported
+    to ONNX (torchvision's path, the TorchScript exporter) and verified in onnxruntime."""
+    from densecnn.data.synthetic.detection import write_detection_dataset
+
+    root = tmp_path / "shapes"
+    write_detection_dataset(root, image_size=64, splits={"train": 4, "val": 2, "test": 2})
+    small = ["--config", str(QUICKSTART / "faster_rcnn.yaml"), "--data.init_args.root", str(root),
+             "--data.init_args.synthetic", "false", "--data.init_args.image_size", "64",
+             "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+             "--model.init_args.backbone_kwargs", "{widths: [8, 16, 32, 64]}", "--model.init_args.mlp_dim", "32",
+             "--trainer.accelerator", "cpu"]
+    _fit([*small, "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"])
+    checkpoint = _checkpoint(tmp_path / "run")
+    out_dir = tmp_path / "export"
+    code, out, err = _export(capsys, *small, "--ckpt_path", str(checkpoint), "--format", "onnx", "--output",
+                             str(out_dir))
+    assert code == 0, err
+    doc = json.loads((out_dir / "preprocess.json").read_text())
+    assert [i["name"] for i in doc["inputs"]] == ["image"] and doc["outputs"][0]["name"] == "boxes"
+    assert doc["class_names"] == torch.load(checkpoint, map_location="cpu",
+                                            weights_only=True)["hyper_parameters"]["class_names"]
+    assert doc["verification"]["max_abs_diff"] <= 1e-3 and str(out_dir / "model.onnx") in out
