@@ -2,6 +2,9 @@
 
     python -m densecnn.data.convert image_folder data/imagenet  data/imagenet-stream
     python -m densecnn.data.convert dense        data/nyu-folder data/nyu-stream --maps depth normals
+    python -m densecnn.data.convert nyu          data/nyu        data/nyu-stream --mapping-file classMapping40.mat
+    python -m densecnn.data.convert kitti        data/kitti      data/kitti-stream --train-list train_files.txt \
+        --test-list test_files.txt [--ground-truth velodyne] [--skip-missing-gt]
     python -m densecnn.data.convert coco         data/coco       data/coco-stream
     python -m densecnn.data.convert voc          data/VOCdevkit/VOC2007 data/voc07-stream --split trainval test
 
@@ -24,8 +27,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from .streaming import (FORMAT_VERSION, META_FILE, detection_record_json, encode_array,  # noqa: I001 (LITDATA_*)
-                        read_file_bytes)
+                        encode_sparse, read_file_bytes)
 from .dense import MAP_FOLDERS, DenseFolderDataset, read_class_names
 from .detection import VOC_CLASSES, DetectionRecord, read_coco, read_voc
 from .video_lists import video_splits
@@ -114,6 +119,9 @@ class DenseRecords:
     def __call__(self, index: int) -> dict[str, Any]:
         sample = self.dataset.load(index)
         name, path = self.dataset.sample_id(index)
+        semantic = sample.semantic
+        if semantic is not None and semantic.size and 0 <= semantic.min() and semantic.max() < 2 ** 16:
+            sample.semantic = semantic.astype(np.uint16)  # a quarter of int64's bytes, exact; read back as int64
         return {"index": index, "rgb": encode_array(sample.rgb), "name": name,
                 "path": Path(path).relative_to(self.root).as_posix(),
                 **{key: encode_array(getattr(sample, key)) for key in MAP_FOLDERS}}
@@ -130,6 +138,74 @@ def dense_splits(root: Path, names: Sequence[str] | None, maps: Sequence[str] | 
         dataset = DenseFolderDataset(root / name, maps, depth_scale=depth_scale, cache_normals=False)
         splits[name] = (len(dataset), DenseRecords(dataset, root))
     return splits, {"format": "dense", "maps": maps, "class_names": read_class_names(root)}
+
+
+def nyu_splits(root: Path, names: Sequence[str] | None, maps: Sequence[str] | None = None, classes: str = "40",
+               mapping_file: str | None = None, depth_key: str = "depths", mat_file: str = "nyu_depth_v2_labeled.mat",
+               splits_file: str = "splits.mat", cache_normals: bool = True):
+    """The labeled NYU Depth v2 file with the official split (``NYUDepthV2DataModule``'s files; relative names
+    under ``root``): each frame as ``NYUDepthV2Dataset.load`` gives it, i.e. the full 480x640 frame (which the
+    standard protocol scores on), labels in the ``classes`` set and normals from depth (through the same normals
+    cache as the ``.mat`` path, ``<root>/.normals_cache``)."""
+    from .nyu import NYUDepthV2Dataset
+
+    def under_root(name):
+        return None if name is None else (Path(name) if Path(name).is_absolute() else root / name)
+
+    names = names or ["train", "test"]
+    maps = list(maps) if maps else ["depth", "normals", "semantic"]
+    mat = under_root(mat_file)
+    splits, class_names = {}, None
+    for name in names:
+        if name not in ("train", "test"):
+            raise DataError(f"--split: NYU Depth v2 has the official 'train' and 'test' splits, not {name!r}")
+        dataset = NYUDepthV2Dataset(mat, name, splits_file=under_root(splits_file), classes=classes,
+                                    mapping_file=under_root(mapping_file), maps=maps, depth_key=depth_key,
+                                    cache_normals=cache_normals, normals_cache_dir=root / ".normals_cache")
+        class_names = list(dataset.class_names) if dataset.class_names is not None else None
+        splits[name] = (len(dataset), DenseRecords(dataset, mat.parent))
+    return splits, {"format": "nyu", "maps": maps, "classes": str(classes), "depth_key": depth_key,
+                    "class_names": class_names, "mat_file": mat.name}
+
+
+class KittiRecords:
+    """Records ``{"index", "image": the raw image file's bytes, "depth": its ground truth (sparse, exact),
+    "name", "path": the image relative to the raw data's root}`` of a KITTI split list."""
+
+    def __init__(self, dataset, root: Path):
+        self.dataset, self.root = dataset, root
+
+    def __call__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset.load(index)  # reads and checks the image and its ground truth as the DataModule does
+        item = self.dataset.items[index]
+        return {"index": index, "image": read_file_bytes(item.image), "depth": encode_sparse(sample.depth),
+                "name": item.name, "path": item.image.relative_to(self.root).as_posix()}
+
+
+def kitti_splits(root: Path, names: Sequence[str] | None, lists: dict[str, str | None] | None = None,
+                 ground_truth: str = "annotated", annotated_dir: str = "data_depth_annotated",
+                 skip_missing_gt: bool = False):
+    """KITTI raw data with split lists (``KittiDepthDataModule``'s: monodepth2 or BTS lines; a relative list is
+    taken as given when it exists, else under ``root``), one split per list given; the ground truth of the
+    ``ground_truth`` source is stored with each frame, so evaluation needs nothing else."""
+    from .kitti import KittiDepthDataset
+
+    lists = {split: name for split, name in (lists or {}).items() if name}
+    names = names or list(lists)
+    if not names:
+        raise DataError("kitti: no split list given (--train-list, --val-list, --test-list: e.g. monodepth2's "
+                        "splits/eigen_zhou/train_files.txt and splits/eigen/test_files.txt)")
+    splits = {}
+    for name in names:
+        if name not in lists:
+            raise DataError(f"--split {name}: no --{name}-list given")
+        path = Path(lists[name])
+        path = path if path.is_absolute() or path.is_file() else root / path
+        dataset = KittiDepthDataset(root, path, ground_truth=ground_truth, annotated_dir=annotated_dir,
+                                    skip_missing_gt=skip_missing_gt)
+        splits[name] = (len(dataset), KittiRecords(dataset, root))
+    return splits, {"format": "kitti", "ground_truth": ground_truth, "class_names": None,
+                    "split_meta": {name: {"list": Path(lists[name]).name} for name in names}}
 
 
 class DetectionRecords:
@@ -209,6 +285,8 @@ class VideoRecords:
 FORMATS: dict[str, Callable[..., tuple[dict, dict]]] = {
     "image_folder": image_folder_splits,
     "dense": dense_splits,
+    "nyu": nyu_splits,
+    "kitti": kitti_splits,
     "coco": coco_splits,
     "voc": voc_splits,
     "video": video_splits_of,
@@ -226,10 +304,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-bytes", default="64MB", help="LitData chunk size (default 64MB)")
     parser.add_argument("--overwrite", action="store_true", help="redo splits a previous run finished")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--maps", nargs="+", choices=sorted(MAP_FOLDERS), help="dense: maps to store "
-                        "(default: those of the training split)")
+    parser.add_argument("--maps", nargs="+", choices=sorted(MAP_FOLDERS), help="dense, nyu: maps to store "
+                        "(default: dense, those of the training split; nyu, all three)")
     parser.add_argument("--depth-scale", type=float, default=1000.0, help="dense: depth PNG value / scale = "
                         "metres (1000, the default: millimetres; 256: KITTI)")
+    parser.add_argument("--classes", choices=("13", "40", "894"), default="40", help="nyu: the label set stored "
+                        "(13 and 40 need --mapping-file)")
+    parser.add_argument("--mapping-file", default=None, help="nyu: Gupta et al.'s classMapping40.mat (relative: "
+                        "under root)")
+    parser.add_argument("--depth-key", choices=("depths", "rawDepths"), default="depths", help="nyu: in-painted "
+                        "(default) or raw depth")
+    parser.add_argument("--mat-file", default="nyu_depth_v2_labeled.mat", help="nyu: the labeled file (relative: "
+                        "under root)")
+    parser.add_argument("--splits-file", default="splits.mat", help="nyu: the official split (relative: under root)")
+    for split in ("train", "val", "test"):
+        parser.add_argument(f"--{split}-list", default=None, help=f"kitti: the {split} split list")
+    parser.add_argument("--ground-truth", choices=("annotated", "velodyne"), default="annotated",
+                        help="kitti: the depth benchmark's annotated maps (default) or projected Velodyne scans")
+    parser.add_argument("--annotated-dir", default="data_depth_annotated", help="kitti: the annotated maps' folder")
+    parser.add_argument("--skip-missing-gt", action="store_true", help="kitti: leave out listed frames without "
+                        "ground truth (counted in a warning) instead of stopping")
     parser.add_argument("--list-format", default="auto", help="video: auto, ucf101, kinetics or folder "
                         "(densecnn.data.video_lists)")
     parser.add_argument("--ucf-split", type=int, default=1, help="video: UCF101 split 1, 2 or 3")
@@ -237,6 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.root.is_dir():
         raise DataError(f"root: {args.root} is not a folder")
     parser_options = {"dense": {"maps": args.maps, "depth_scale": args.depth_scale},
+                      "nyu": {"maps": args.maps, "classes": args.classes, "mapping_file": args.mapping_file,
+                              "depth_key": args.depth_key, "mat_file": args.mat_file,
+                              "splits_file": args.splits_file},
+                      "kitti": {"lists": {"train": args.train_list, "val": args.val_list, "test": args.test_list},
+                                "ground_truth": args.ground_truth, "annotated_dir": args.annotated_dir,
+                                "skip_missing_gt": args.skip_missing_gt},
                       "video": {"list_format": args.list_format, "split": args.ucf_split}}
     options = parser_options.get(args.format, {})
     splits, meta = FORMATS[args.format](args.root, args.split, **options)

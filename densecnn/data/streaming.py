@@ -9,6 +9,9 @@ Layout written by ``python -m densecnn.data.convert`` (``densecnn.data.convert``
 Each record holds the SOURCE sample: the encoded file bytes (JPEG/PNG images, PNG maps, video files) and the
 annotations, never transformed tensors, so the same augmentation pipelines run after reading and a converted
 dataset serves every recipe. Records are stored in the folder dataset's own order and carry their index.
+Dense records (the ``dense`` folders and NYU's labeled ``.mat``) hold the loader's exact ``load`` arrays
+(normals included, labels in the converted class set); KITTI records hold the raw image file and the frame's
+ground truth as a sparse array, so evaluation needs nothing but the converted root.
 
 Reading goes by index (``litdata.StreamingDataset.__getitem__``) through the DataModules' own seeded samplers
 (``densecnn.data.seeding``), not through LitData's shuffling: the batches, every augmentation draw, the DDP
@@ -34,9 +37,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from .dense import DenseFolderDataset, DenseSample  # noqa: E402
+from .dense import DenseFolderDataset, DenseSample, source_window  # noqa: E402
 from .detection import DetectionDataset, DetectionRecord  # noqa: E402
 from .image_folder import DataError, read_rgb  # noqa: E402
+from .kitti import KittiDepthDataset  # noqa: E402
+from .nyu import NYUDepthV2Dataset  # noqa: E402
 from .video import FrameStore  # noqa: E402
 from .transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
@@ -193,15 +198,31 @@ def decode_array(data: bytes) -> np.ndarray | None:
     return np.load(io.BytesIO(data), allow_pickle=False) if data else None
 
 
-class StreamingDenseFolder(DenseFolderDataset):
-    """``DenseFolderDataset`` whose ``load`` reads a converted ``dense`` record: ``__getitem__`` (the joint
-    transform, tensors, ``depth_window``) is the folder dataset's own, so the two cannot drift apart."""
+def encode_sparse(array: np.ndarray) -> bytes:
+    """A mostly-zero map (KITTI's ground truth: ~5% of pixels for a projected Velodyne scan, ~16% annotated) as
+    ``.npz`` bytes of its shape, the flat positions of its non-zero entries and their values: exact, and about
+    a tenth of the dense float32 map."""
+    flat = np.ascontiguousarray(array).ravel()
+    where = np.flatnonzero(flat)
+    buffer = io.BytesIO()
+    np.savez(buffer, shape=np.asarray(array.shape, np.int64), index=where.astype(np.int64), values=flat[where])
+    return buffer.getvalue()
 
-    def __init__(self, records: StreamingRecords, maps: Sequence[str], transform=None, num_classes: int | None = None,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        self.records, self.maps = records, list(maps)
-        self.transform, self.num_classes = transform, num_classes
-        self.mean, self.std = tuple(mean), tuple(std)
+
+def decode_sparse(data: bytes) -> np.ndarray:
+    with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+        out = np.zeros(int(np.prod(stored["shape"])), stored["values"].dtype)
+        out[stored["index"]] = stored["values"]
+        return out.reshape(tuple(stored["shape"]))
+
+
+class StreamedDenseSamples:
+    """``load`` and ``sample_id`` of a dense dataset read from converted records (``rgb`` and each map as exact
+    ``.npy`` arrays, as ``convert.DenseRecords`` stores ``load(i)``); mixed in before the source dataset class,
+    whose ``__getitem__`` (joint transform, tensors, evaluation windows) then runs unchanged on them."""
+
+    records: StreamingRecords
+    maps: list[str]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -211,11 +232,62 @@ class StreamingDenseFolder(DenseFolderDataset):
         sample = DenseSample(decode_array(record["rgb"]))
         for key in self.maps:
             setattr(sample, key, decode_array(record[key]))
+        if sample.semantic is not None:
+            sample.semantic = sample.semantic.astype(np.int64)  # stored as uint16 (``convert.DenseRecords``)
         return sample
 
     def sample_id(self, index: int) -> tuple[str, str]:
         record = self.records[index]
         return record["name"], record["path"]
+
+
+class StreamingDenseFolder(StreamedDenseSamples, DenseFolderDataset):
+    """``DenseFolderDataset`` whose ``load`` reads a converted ``dense`` record: ``__getitem__`` (the joint
+    transform, tensors, ``depth_window``) is the folder dataset's own, so the two cannot drift apart."""
+
+    def __init__(self, records: StreamingRecords, maps: Sequence[str], transform=None, num_classes: int | None = None,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.records, self.maps = records, list(maps)
+        self.transform, self.num_classes = transform, num_classes
+        self.mean, self.std = tuple(mean), tuple(std)
+
+
+class StreamingNYU(StreamedDenseSamples, NYUDepthV2Dataset):
+    """``NYUDepthV2Dataset`` over a converted ``nyu`` split: each record is the labeled file's frame as
+    ``load`` returns it (480x640 image, depth in metres, normals, labels already in the converted class set),
+    so ``__getitem__`` is the ``.mat`` path's own, ``depth_full`` (the full-resolution ground truth of the
+    standard protocol) and ``depth_window`` (``source_window`` of the stored frame) included."""
+
+    def __init__(self, records: StreamingRecords, maps: Sequence[str], transform=None, *, num_classes: int,
+                 class_names: Sequence[str] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, full_depth: bool = False):
+        self.records, self.maps, self.transform = records, list(maps), transform
+        self.num_classes, self.class_names = num_classes, tuple(class_names) if class_names else None
+        self.mean, self.std = tuple(mean), tuple(std)
+        if full_depth and ("depth" not in self.maps or source_window(transform, 1, 1) is None):
+            raise DataError(f"{records.url}: full_depth (the standard evaluation protocol) needs the 'depth' map "
+                            f"and a non-random evaluation transform (maps: {self.maps})")
+        self.full_depth, self._file = full_depth, None
+
+
+class StreamingKitti(StreamedDenseSamples, KittiDepthDataset):
+    """``KittiDepthDataset`` over a converted ``kitti`` split: a record holds the raw image file's bytes and the
+    frame's ground truth as the split list and ``ground_truth`` source gave it (annotated map or projected
+    Velodyne scan, ``encode_sparse``); ``__getitem__`` (kb crop, augmentation, and for evaluation
+    ``depth_full``, ``depth_window``, the crop and cap) is the raw-data path's own."""
+
+    def __init__(self, records: StreamingRecords, transform=None, *, full_depth: bool = False,
+                 eval_crop: str = "kitti_garg", max_depth: float = 80.0, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD):
+        if full_depth and (transform is None or transform.augment.train):
+            raise DataError("full_depth (the evaluation protocol) needs a non-random evaluation transform")
+        self.records, self.maps, self.transform, self.full_depth = records, ["depth"], transform, full_depth
+        self.eval_crop, self.max_depth = eval_crop, float(max_depth)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def load(self, index: int) -> DenseSample:
+        record = self.records[index]
+        return DenseSample(decode_rgb(record["image"], record["path"]), decode_sparse(record["depth"]))
 
 
 #: the array fields of a ``DetectionRecord`` and their dtypes (JSON round-trips float32 and float64 exactly)

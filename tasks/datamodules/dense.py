@@ -200,6 +200,8 @@ class NYUDepthV2DataModule(DenseDataModule):
         pin_memory: bool = False,
         drop_last: bool | None = None,
         download: bool = False,
+        streaming: bool = False,
+        streaming_cache_dir: str | None = None,
     ):
         """
         Args:
@@ -222,6 +224,9 @@ class NYUDepthV2DataModule(DenseDataModule):
                 only, and the frame pixels outside it are not scored (``depth_window`` says which are).
             cache_normals, normals_cache_dir: keep the normals computed from depth on disk (default
                 ``<root>/.normals_cache``), computed once per frame.
+            streaming: ``root`` is ``python -m densecnn.data.convert nyu`` output (local or ``s3://``/``gs://``):
+                the ``.mat`` path's batches and evaluation (``depth_full``, ``depth_window``) for the same seed;
+                ``classes``, ``depth_key`` and the maps must be those it was converted with.
         """
         if eval_protocol not in ("eigen", "resized"):
             raise DataError(f"data.init_args.eval_protocol: {eval_protocol!r} is not one of eigen, resized")
@@ -229,7 +234,8 @@ class NYUDepthV2DataModule(DenseDataModule):
                          num_classes=int(classes), image_size=image_size, crop_size=crop_size, scale=scale,
                          rotation=rotation, flip_p=flip_p, colour=colour, brightness=brightness, contrast=contrast,
                          eval_crop=eval_crop, mean=mean, std=std, predict_root=predict_root, pin_memory=pin_memory,
-                         drop_last=drop_last, cache_normals=cache_normals, normals_cache_dir=normals_cache_dir)
+                         drop_last=drop_last, cache_normals=cache_normals, normals_cache_dir=normals_cache_dir,
+                         streaming=streaming, streaming_cache_dir=streaming_cache_dir)
         self.save_hyperparameters()
 
     def _path(self, name: str | None) -> Path | None:
@@ -237,7 +243,7 @@ class NYUDepthV2DataModule(DenseDataModule):
 
     def prepare_data(self) -> None:
         """With ``download``, fetch the missing official files (Lightning runs this on one process per node)."""
-        if not self.hparams.download:
+        if not self.hparams.download or self.streaming:
             return
         from densecnn.data.nyu import download_nyu_files
 
@@ -249,6 +255,8 @@ class NYUDepthV2DataModule(DenseDataModule):
         from densecnn.data.nyu import NYUDepthV2Dataset
 
         h = self.hparams
+        if self.streaming:
+            return self.make_streamed_dataset(split, train)
         dataset = NYUDepthV2Dataset(self._path(h.mat_file), "train" if split == "train" else "test",
                                     splits_file=self._path(h.splits_file), classes=h.classes,
                                     mapping_file=self._path(h.mapping_file), maps=self.maps, depth_key=h.depth_key,
@@ -259,6 +267,27 @@ class NYUDepthV2DataModule(DenseDataModule):
         if dataset.class_names is not None:
             self.class_names = list(dataset.class_names)
         return dataset
+
+    def make_streamed_dataset(self, split: str, train: bool) -> Dataset:
+        """A converted ``nyu`` split, checked to hold the label set, depth and maps asked for."""
+        from densecnn.data.streaming import StreamingNYU
+
+        h, meta = self.hparams, self.stream_meta("nyu")
+        for key, value in (("classes", str(h.classes)), ("depth_key", h.depth_key)):
+            if meta[key] != value:
+                raise DataError(f"data.init_args.{key}: {value!r}, but {self.stream_root} was converted with "
+                                f"{meta[key]!r} (set it to that, or convert again with --{key.replace('_', '-')} "
+                                f"{value})")
+        missing = sorted(set(self.maps) - set(meta["maps"]))
+        if missing:
+            raise DataError(f"data.init_args.maps: {missing} not in the converted dataset {self.stream_root} "
+                            f"(it holds {meta['maps']}; convert again with --maps)")
+        if meta["class_names"] is not None and "semantic" in self.maps:
+            self.class_names = list(meta["class_names"])
+        return StreamingNYU(self.stream_records("train" if split == "train" else "test"), self.maps,
+                            self.train_transform if train else self.eval_transform, num_classes=int(h.classes),
+                            class_names=meta["class_names"], mean=self.mean, std=self.std,
+                            full_depth=not train and h.eval_protocol == "eigen" and "depth" in self.maps)
 
     def setup(self, stage: str | None = None) -> None:
         if self.setup_predict_folder(stage):
@@ -300,6 +329,8 @@ class KittiDepthDataModule(DenseSplitsMixin, BaseDataModule):
         predict_root: str | None = None,
         pin_memory: bool = False,
         drop_last: bool | None = None,
+        streaming: bool = False,
+        streaming_cache_dir: str | None = None,
     ):
         """
         Args:
@@ -327,8 +358,12 @@ class KittiDepthDataModule(DenseSplitsMixin, BaseDataModule):
                 50 m); the prediction at the network's input is upsampled bilinearly to the ground truth's
                 resolution inside the part of the frame it covers.
             predict_root: images to ``predict`` on (any folder); defaults to the test list.
+            streaming: ``root`` is ``python -m densecnn.data.convert kitti`` output (local or ``s3://``/``gs://``),
+                one split per converted list (the ``*_list`` options are then not read; val falls back to test);
+                ``ground_truth`` must be the converted one. The raw path's batches for the same seed.
         """
-        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last)
+        super().__init__(root, batch_size, num_workers, pin_memory, drop_last=drop_last, streaming=streaming,
+                         streaming_cache_dir=streaming_cache_dir)
         from densecnn.data.kitti import KittiTransform, collate_kitti
 
         self.save_hyperparameters()
@@ -361,11 +396,29 @@ class KittiDepthDataModule(DenseSplitsMixin, BaseDataModule):
         from densecnn.data.kitti import KittiDepthDataset
 
         h = self.hparams
+        if self.streaming:
+            return self.make_streamed_dataset(key, train)
         return KittiDepthDataset(self.root, self._list(key), ground_truth=h.ground_truth, annotated_dir=h.annotated_dir,
                                  skip_missing_gt=h.skip_missing_gt,
                                  transform=self.train_transform if train else self.eval_transform,
                                  full_depth=not train, eval_crop=h.eval_crop, max_depth=h.max_depth,
                                  mean=self.mean, std=self.std)
+
+    def make_streamed_dataset(self, key: str, train: bool) -> Dataset:
+        """The converted split of list ``key`` (``val_list`` falls back to the test split, as to ``test_list``)."""
+        from densecnn.data.streaming import StreamingKitti
+
+        h, meta = self.hparams, self.stream_meta("kitti")
+        if meta["ground_truth"] != h.ground_truth:
+            raise DataError(f"data.init_args.ground_truth: {h.ground_truth!r}, but {self.stream_root} was converted "
+                            f"with {meta['ground_truth']!r} (set it to that, or convert again with --ground-truth "
+                            f"{h.ground_truth})")
+        split = key.removesuffix("_list")
+        if split == "val" and "val" not in meta["splits"]:
+            split = "test"
+        return StreamingKitti(self.stream_records(split), self.train_transform if train else self.eval_transform,
+                              full_depth=not train, eval_crop=h.eval_crop, max_depth=h.max_depth, mean=self.mean,
+                              std=self.std)
 
     def setup(self, stage: str | None = None) -> None:
         if self.setup_predict_folder(stage):
