@@ -1,6 +1,7 @@
 """``python -m densecnn`` / ``densecnn``: the LightningCLI (fit, validate, test, predict), plus
 ``summary <backbone>`` (layer table, parameters, multiply-adds; see ``densecnn.summary``) and ``export`` (a
-checkpoint as ONNX or an ExportedProgram, verified against PyTorch; see ``tasks.export``)."""
+checkpoint as ONNX or an ExportedProgram, verified against PyTorch; see ``tasks.export``) and ``explain``
+(pictures of what a checkpoint looks at; see ``tasks.explain``)."""
 import sys
 
 
@@ -13,6 +14,10 @@ def main() -> None:
         from tasks.export import run as export_run
 
         sys.exit(export_run(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "explain":
+        from tasks.explain import run as explain_run
+
+        sys.exit(explain_run(sys.argv[2:]))
 
     from tasks.cli import run
 

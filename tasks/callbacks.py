@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -217,3 +218,103 @@ class PredictionWriter(BasePredictionWriter):
                     (out / relative).write_bytes(data)
         written = pl_module.save_predictions(records, out)
         print(f"predictions written to {written}")
+
+
+def send_picture_to_loggers(trainer: pl.Trainer, tag: str, picture: Any, step: int) -> None:
+    """An HxWx3 uint8 picture to every logger that takes images (as ``BaseTask.log_picture`` sends them)."""
+    import re
+
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_image"):  # TensorBoard
+            experiment.add_image(tag, picture, step, dataformats="HWC")
+        elif hasattr(logger, "log_image"):  # W&B, Neptune, ...
+            logger.log_image(key=tag, images=[picture], step=step)
+        elif hasattr(experiment, "log_image") and getattr(logger, "run_id", None):  # MLflow
+            experiment.log_image(logger.run_id, picture, key=re.sub(r"[^A-Za-z0-9_./-]+", "_", tag), step=step)
+
+
+class ExplainCallback(Callback):
+    """Attribution pictures (``tasks.explain.explain_task``) of the same validation images every
+    ``every_n_epochs`` epochs during fit: how what the network looks at evolves while it trains (Zeiler & Fergus
+    Sec. 4.1's feature evolution, for attributions). Each picture goes to every configured logger that takes
+    images (tag ``explain/<method>/<image>``, at the global step) and to
+    ``<log dir>/pictures/explain/<method>_<image>_epoch<NNN>.png``.
+
+    The images are the first ``num_images`` of the first validation batch (the first training batch when the run
+    validates nothing), kept from the first epoch on so every epoch explains the same ones. ``target``,
+    ``layers``, ``window``, ``stride``, ``region``, ``boxes``, ``max_boxes`` are ``explain_task``'s. Runs on rank zero only,
+    after the epoch's validation, with the network in eval mode and its modes restored afterwards.
+
+    In a config::
+
+        trainer:
+          callbacks:
+            - class_path: tasks.callbacks.ExplainCallback
+              init_args: {methods: [saliency, gradcam], every_n_epochs: 5, num_images: 4}
+    """
+
+    def __init__(self, methods: Sequence[str] = ("saliency", "gradcam"), every_n_epochs: int = 1,
+                 num_images: int = 4, target: str | None = None, layers: list[str] | None = None,
+                 window: list[int] | None = None, stride: list[int] | None = None,
+                 region: list[int] | None = None, boxes: str = "detections", max_boxes: int = 3):
+        from densecnn.explain.attribution import METHODS
+
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise ValueError(f"ExplainCallback methods {list(methods)}: each one of {', '.join(METHODS)}")
+        if every_n_epochs < 1 or num_images < 1:
+            raise ValueError(f"ExplainCallback: every_n_epochs ({every_n_epochs}) and num_images ({num_images}) "
+                             f"must be at least 1")
+        self.methods = list(methods)
+        self.every_n_epochs = every_n_epochs
+        self.num_images = num_images
+        self.options = {"target": target, "layers": layers, "window": window, "stride": stride, "region": region,
+                        "boxes": boxes, "max_boxes": max_boxes}
+        self._batch: Any = None  # the first validation batch's images
+        self._train_batch: Any = None  # the first training batch's, for runs without validation
+        self.written: list[Path] = []
+
+    @staticmethod
+    def _first(batch: Any, n: int) -> Any:
+        from .explain import _take
+
+        return _detached_cpu(_take(batch, n))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._batch is None and batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero:
+            self._batch = self._first(batch, self.num_images)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._train_batch is None and batch_idx == 0 and trainer.is_global_zero:
+            self._train_batch = self._first(batch, self.num_images)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        batch = self._batch if self._batch is not None else self._train_batch
+        if not trainer.is_global_zero or batch is None or (epoch + 1) % self.every_n_epochs:
+            return
+        from densecnn.viz import save_png
+
+        from .explain import explain_task
+
+        folder = local_log_dir(trainer) / "pictures" / "explain"
+        folder.mkdir(parents=True, exist_ok=True)
+        with torch.inference_mode(False), torch.enable_grad():
+            for method in self.methods:
+                for picture in explain_task(pl_module, batch, method, progress=False, **self.options):
+                    send_picture_to_loggers(trainer, f"explain/{method}/{picture.name}", picture.image,
+                                            trainer.global_step)
+                    path = folder / f"{method}_{picture.name}_epoch{epoch:03d}.png"
+                    save_png(picture.image, path)
+                    self.written.append(path)
+
+
+def _detached_cpu(batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.detach().cpu()
+    if isinstance(batch, dict):
+        return {k: _detached_cpu(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_detached_cpu(v) for v in batch)
+    return batch
