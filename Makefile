@@ -4,9 +4,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all clean
+.PHONY: install demo test test-slow test-all docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The docs extra (mkdocs-material, mkdocstrings) on top of the test install: only `make docs` and the slow suite
+# (its strict-build test) need it.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+# The guide and API reference site (mkdocs.yml, docs/) into site/; strict: a broken link or reference fails.
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
 demo: $(STAMP)
 	$(BIN)/python -m tasks.demo
 
@@ -24,10 +35,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(DOCS_STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: test test-slow
 
 clean:
-	rm -rf $(VENV) runs data .pytest_cache
+	rm -rf $(VENV) runs data site .pytest_cache

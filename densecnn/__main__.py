@@ -6,6 +6,9 @@ import sys
 
 
 def main() -> None:
+    """Entry point of ``python -m densecnn`` and the ``densecnn`` script: ``summary``, ``export`` and
+    ``explain`` go to their own parsers, every other subcommand (fit, validate, test, predict) to the LightningCLI.
+    """
     if len(sys.argv) > 1 and sys.argv[1] == "summary":  # plain PyTorch: no Lightning needed
         from densecnn.summary import main as summary_main
 

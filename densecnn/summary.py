@@ -23,6 +23,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 @dataclass
 class LayerRow:
+    """One row of ``python -m densecnn summary``: a layer's name, type, output shape, parameters and
+    multiply-adds.
+    """
     name: str
     kind: str
     output_shape: tuple[int, ...]
@@ -32,6 +35,9 @@ class LayerRow:
 
 @dataclass
 class ModelSummary:
+    """A backbone's summary at one input size: per-layer rows and the totals (parameters, trainable parameters,
+    multiply-adds counted with ``torch.utils.flop_counter``, FLOPs / 2).
+    """
     name: str
     input_size: tuple[int, ...]
     rows: list[LayerRow] = field(default_factory=list)
@@ -53,6 +59,11 @@ class ModelSummary:
 
 
 def format_count(n: float) -> str:
+    """A count with a G/M/K suffix and two decimals (as the backbone table prints it).
+
+    Args:
+        n: the count.
+    """
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
@@ -160,6 +171,14 @@ def backbone_table(names: list[str] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m densecnn summary``: one backbone's layer table, or ``--table`` for every registered backbone.
+
+    Args:
+        argv: the arguments after ``summary``.
+
+    Returns:
+        The process exit code.
+    """
     parser = argparse.ArgumentParser(prog="python -m densecnn summary",
                                      description="Per-layer output shapes, parameters and multiply-adds of a backbone.")
     parser.add_argument("backbone", nargs="?", help="a registered name (densecnn.list_backbones()) or timm:<name>")

@@ -70,4 +70,10 @@ def confusion_matrix_image(matrix: np.ndarray, class_names: Sequence[str], cell:
 
 
 def save_png(array: np.ndarray, path) -> None:
+    """Write an (H, W) or (H, W, 3) uint8 array as a PNG.
+
+    Args:
+        array: the picture.
+        path: the file.
+    """
     Image.fromarray(np.ascontiguousarray(array)).save(path)

@@ -71,6 +71,14 @@ def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.nd
 
 
 def render_target(target: str, value, palette: np.ndarray | None = None, depth_range=None) -> np.ndarray:
+    """A colour picture of one dense map: colour-mapped depth, RGB-encoded normals or palette labels.
+
+    Args:
+        target: ``depth``, ``normals`` or ``semantic``.
+        value: the map.
+        palette: colours per class for labels (default: a generated palette).
+        depth_range: (min, max) metres of the colour map (default: the map's own range).
+    """
     if target == "depth":
         return colourise_depth(value, *(depth_range or (None, None)))
     if target == "normals":

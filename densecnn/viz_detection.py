@@ -14,6 +14,11 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 3
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
+    """The drawing colour of a class label (a fixed palette, cycled).
+
+    Args:
+        label: the class index.
+    """
     return _PALETTE[int(label) % len(_PALETTE)]
 
 

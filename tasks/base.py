@@ -84,6 +84,13 @@ def as_float32(outputs):
 
 
 class BaseTask(pl.LightningModule, ABC):
+    """The LightningModule every task derives from (TorchGeo's ``BaseTask`` pattern): builds the backbone from
+    the registry with its weights, the task's losses and one ``MetricCollection`` per stage, the optimiser and
+    schedule from plain keys (SGD/AdamW, warm-up, step/plateau/cosine), freezing and unfreezing, checkpoint
+    identity checks and exact resumption, and the pictures and ``metrics.json`` of a run.
+
+    Subclasses implement the network and the step; ``__init__``'s arguments are below.
+    """
     #: the metric the default checkpoint callback and the plateau schedule follow
     monitor: str = "val/loss"
     monitor_mode: Literal["min", "max"] = "min"

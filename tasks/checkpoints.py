@@ -24,6 +24,11 @@ class CheckpointError(UserError):
 
 
 def is_local(path: Any) -> bool:
+    """Whether a checkpoint path is on the local filesystem (a plain path or ``file://``).
+
+    Args:
+        path: a path or URL.
+    """
     return "://" not in str(path) or str(path).startswith("file://")
 
 
@@ -207,6 +212,12 @@ def collect_rng_states() -> dict[str, Any]:
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
+    """Restore the torch, Python, numpy (and CUDA) generator states saved in a checkpoint, so a resumed run
+    continues with the same random draws as the uninterrupted one.
+
+    Args:
+        states: the saved states.
+    """
     torch.set_rng_state(states["torch"])
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))

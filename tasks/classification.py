@@ -35,6 +35,11 @@ def logits_and_aux(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor
 
 
 class ClassificationTask(BaseTask):
+    """Image classification on any registered backbone: cross-entropy (label smoothing, mixup/CutMix), top-1 and
+    top-5 accuracy, per-class accuracy and a confusion matrix at test, the papers' test-time augmentation
+    (AlexNet's ten crops, Krizhevsky et al. 2012 Section 4.1; VGG/ResNet multi-scale) and GoogLeNet's auxiliary
+    losses (Szegedy et al. 2014 Section 5).
+    """
     monitor = "val/acc1"
     monitor_mode = "max"
 

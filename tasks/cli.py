@@ -89,6 +89,11 @@ def _task_class(class_path: str) -> type[BaseTask]:
 
 
 def describe_checkpoint(hparams: dict[str, Any]) -> str:
+    """A short description of what a checkpoint holds (backbone, class count), for error messages.
+
+    Args:
+        hparams: the checkpoint's hyper-parameters.
+    """
     parts = [f"backbone {hparams['backbone']!r}"] if "backbone" in hparams else []
     if hparams.get("num_classes") is not None:
         parts.append(f"{hparams['num_classes']} classes")
@@ -219,6 +224,10 @@ class DenseCNNParser(LightningArgumentParser):
 
 
 class DenseCNNCLI(LightningCLI):
+    """densecnn's LightningCLI: stock ``LightningCLI`` with subclass mode for model and data, seed 42 by default,
+    the task's own optimiser keys (LightningCLI's ``--optimizer``/``--lr_scheduler`` refused), checkpoint
+    identity checks and ``--ckpt_path last`` resolution. Arguments as ``LightningCLI``.
+    """
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})

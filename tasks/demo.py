@@ -14,6 +14,16 @@ DEFAULT_CONFIG = "configs/quickstart/classification.yaml"
 
 
 def run_demo(config: str = DEFAULT_CONFIG, root_dir: str = "runs/demo", extra: list[str] | None = None) -> dict:
+    """Fit, test the best checkpoint and predict with one config, as ``make demo`` does.
+
+    Args:
+        config: the YAML config (default: the classification quickstart).
+        root_dir: the run's ``trainer.default_root_dir``.
+        extra: further command-line overrides.
+
+    Returns:
+        Where the checkpoints, metrics, pictures and predictions are, and the test metrics.
+    """
     extra = list(extra or [])
     common = ["--config", config, "--trainer.default_root_dir", root_dir, *extra]
     fit = cli(["fit", *common])
@@ -33,6 +43,7 @@ def run_demo(config: str = DEFAULT_CONFIG, root_dir: str = "runs/demo", extra: l
 
 
 def main() -> None:
+    """``python -m tasks.demo [--config C] [--root-dir D]``: run the demo and print where its outputs are."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--root-dir", default="runs/demo")

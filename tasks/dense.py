@@ -52,6 +52,11 @@ MONITORS = {"depth": ("depth/rmse", "min"), "normals": ("normals/mean", "min"), 
 
 
 class DensePredictionTask(BaseTask):
+    """Depth, surface normals and semantic labels with the common multi-scale network of Eigen & Fergus
+    (arXiv 1411.4734): the scale-invariant log depth loss (Eq. 6.1), the normals dot-product loss (Eq. 6.2),
+    pixelwise cross-entropy (Eq. 6.3), the two-stage schedule (Section 3.4), and the standard depth, normals and
+    segmentation metrics with the NYU and KITTI evaluation crops.
+    """
     monitor = "val/depth/rmse"
     monitor_mode = "min"
     identity_hparams = (*BaseTask.identity_hparams, "targets", "input_maps")

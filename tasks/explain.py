@@ -2,7 +2,8 @@
 
     python -m densecnn explain <method> --config C.yaml --ckpt_path X [--num-images N] [--target T]
         [--layers L ...] [--window H W] [--stride H W] [--region TOP LEFT BOTTOM RIGHT] [--boxes detections|
-        ground_truth] [--output DIR] [--data.* / --model.* overrides]
+        ground_truth] [--k K] [--channels C ...] [--compare OTHER_CKPT] [--epsilon E] [--steps S]
+        [--output DIR] [--data.* / --model.* overrides]
 
 The task is built from the config and the checkpoint as ``export`` builds it (``tasks.export.build_from_config``),
 N test images are explained, and the pictures, a ``pictures.json`` of what each shows and a static ``index.html``
@@ -21,8 +22,18 @@ What is explained, per task family (``explain_task`` in a notebook takes the sam
     and drawn as a frame strip on one colour scale.
 
 Attribution methods (``densecnn.explain.attribution``, captum): saliency, guided_backprop, deconvnet, gradcam,
-occlusion, integrated_gradients; and ``filters`` (``densecnn.explain.filter_picture`` of the first convolution or
-of each ``--layers``). Further methods register in ``dataset_methods``.
+occlusion, integrated_gradients. Methods of the network or of the whole test split (``dataset_methods``):
+  * ``filters``: ``densecnn.explain.filter_picture`` of the first convolution or of each ``--layers``;
+  * ``topk``: Zeiler & Fergus's grid per layer: the ``--k`` strongest activations of each of ``--channels`` over
+    the test split with their deconvnet projections and image patches (any image task's backbone; not video);
+  * ``layer_stats``: ResNet Fig. 7, each layer's response std over a test batch, with ``--compare OTHER_CKPT``
+    on the same plot;
+  * ``maximise``: activation maximisation of classes (``--target``, classifiers) or of ``--channels`` of
+    ``--layers`` (any image task's backbone);
+  * ``fool``: targeted adversarial examples of correctly classified test images within ``--epsilon`` and
+    images grown from noise (classifiers only).
+Their numbers (top activations, stds, probabilities, budgets) go into ``pictures.json`` beside the titles, and
+raw maximised / adversarial pixels into PNG files beside each picture.
 """
 from __future__ import annotations
 
@@ -43,8 +54,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from densecnn.errors import ConfigError, UserError
-from densecnn.explain.attribution import (HEAT_LABELS, METHODS, attribute, attribution_figure, frame_strip_figure,
-                                          heat_map)
+from densecnn.explain.attribution import (
+    HEAT_LABELS,
+    METHODS,
+    attribute,
+    attribution_figure,
+    frame_strip_figure,
+    heat_map,
+)
 from densecnn.explain.pictures import figure_to_array
 from densecnn.viz import save_png, to_uint8_images
 
@@ -72,6 +89,12 @@ class Picture:
     method: str
     value: float | None
     heats: list[torch.Tensor] = field(default_factory=list)
+    #: the numbers the picture shows, written to ``pictures.json`` (JSON values: per-channel top activations,
+    #: per-layer response stds, an adversarial example's budget and confidences)
+    details: dict[str, Any] = field(default_factory=dict)
+    #: further images (HxWx3 uint8) written as ``<name>_<key>.png`` beside the picture: the raw maximised or
+    #: adversarial pixels, which the picture shows scaled into a grid
+    files: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # ---- finding modules -------------------------------------------------------------------------------------------
@@ -148,6 +171,14 @@ def _class_index(target: str | int | None, names: Sequence[str], what: str) -> i
 
 
 def classification_targets(task, images: torch.Tensor, target=None, first: int = 0) -> list[Target]:
+    """What to explain for classification: each image's predicted class logit, or ``target``'s.
+
+    Args:
+        task: the classification task.
+        images: the normalised batch.
+        target: a class name or index (default: the predicted class).
+        first: the index of the first image, for titles.
+    """
     index = _class_index(target, task.class_names, "class")
     with torch.no_grad():
         probs = task(images).float().softmax(dim=1)
@@ -170,6 +201,14 @@ def _video_logits(task, clips: torch.Tensor) -> torch.Tensor:
 
 
 def video_targets(task, videos: torch.Tensor, target=None, first: int = 0) -> list[Target]:
+    """What to explain for video: the class logit of each video's middle clip (predicted, or ``target``'s).
+
+    Args:
+        task: the video task.
+        videos: the clips (N, C, T, H, W) or views (N, K, C, T, H, W).
+        target: a class name or index (default: the predicted class).
+        first: the index of the first video, for titles.
+    """
     clips = videos[:, videos.shape[1] // 2] if videos.dim() == 6 else videos  # the middle clip of K views
     index = _class_index(target, task.class_names, "class")
     with torch.no_grad():
@@ -247,6 +286,20 @@ def _box_logit(task, image_size: tuple[int, int], box: torch.Tensor, label: int
 
 def detection_targets(task, batch: dict, target=None, boxes: str = "detections", max_boxes: int = 3,
                       first: int = 0) -> list[Target]:
+    """What to explain for detection: each detected (or ground-truth) box's class logit from the RoI head with
+    the box held fixed as the region of interest (Faster R-CNN and Fast R-CNN).
+
+    Args:
+        task: the detection task.
+        batch: the batch (images, targets, image sizes).
+        target: a class to restrict to.
+        boxes: ``detections`` or ``ground_truth``.
+        max_boxes: boxes per image.
+        first: the index of the first image, for titles.
+
+    Raises:
+        UserError: a detector without a differentiable RoI head (R-CNN, OverFeat).
+    """
     from .detection.faster_rcnn import FasterRCNNTask
     from .detection.proposal_based import ProposalDetectionTask
     from .detection.rcnn import RCNNTask
@@ -387,8 +440,15 @@ def write_pictures(pictures: Sequence[Picture], folder: Path, title: str) -> Pat
     entries = []
     for p in pictures:
         save_png(p.image, folder / f"{p.name}.png")
-        entries.append({"name": p.name, "file": f"{p.name}.png", "title": p.title, "method": p.method,
-                        "value": p.value})
+        entry = {"name": p.name, "file": f"{p.name}.png", "title": p.title, "method": p.method, "value": p.value}
+        if p.files:
+            entry["files"] = {}
+            for key, image in p.files.items():
+                save_png(image, folder / f"{p.name}_{key}.png")
+                entry["files"][key] = f"{p.name}_{key}.png"
+        if p.details:
+            entry["details"] = p.details
+        entries.append(entry)
     (folder / "pictures.json").write_text(json.dumps(entries, indent=2) + "\n")
     figures = "\n".join(f'<figure><img src="{html.escape(e["file"])}" alt="{html.escape(e["title"])}">'
                         f'<figcaption>{html.escape(e["title"])}</figcaption></figure>' for e in entries)
@@ -411,6 +471,11 @@ def default_output(checkpoint_path: Path, task_name: str, method: str) -> Path:
 
 
 def parse_explain_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse ``densecnn explain`` arguments; the ``--model.*``/``--data.*`` overrides come back unparsed.
+
+    Args:
+        argv: the arguments after ``explain``.
+    """
     parser = argparse.ArgumentParser(
         prog="densecnn explain", description="Pictures of what a checkpoint looks at on test images. Other "
         "--key value arguments (--model.init_args.x, --data.init_args.y) override the config.")
@@ -418,7 +483,9 @@ def parse_explain_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[st
                                        f"({', '.join(dataset_methods()) or 'none installed'})")
     parser.add_argument("--config", "-c", action="append", required=True, help="the run's YAML config")
     parser.add_argument("--ckpt_path", "--ckpt-path", required=True, help="the checkpoint to explain")
-    parser.add_argument("--num-images", "--num_images", type=int, default=4, help="test images to explain")
+    parser.add_argument("--num-images", "--num_images", type=int, default=None, help="test images to explain "
+                        "(default 4); topk: images searched (default the whole split); layer_stats: the batch "
+                        "(default 16); maximise: the first N classes (default 8)")
     parser.add_argument("--target", default=None, help="class name or index (default: the predicted class); "
                         "dense: depth or semantic:<class>; detection: explain only boxes of this class")
     parser.add_argument("--layers", nargs="+", default=None, help="module names (backbone.layer3 or layer3): "
@@ -428,7 +495,16 @@ def parse_explain_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[st
                         "window)")
     parser.add_argument("--baseline", type=float, default=0.0, help="occlusion / integrated gradients baseline "
                         "(in normalised input units: 0 is the data's mean colour)")
-    parser.add_argument("--steps", type=int, default=32, help="integrated gradients' steps")
+    parser.add_argument("--steps", type=int, default=None, help="integrated gradients' steps (default 32); "
+                        "maximise: gradient steps (default 200); fool: PGD steps (default 40) and the fooling "
+                        "images' most steps (default 500)")
+    parser.add_argument("--k", type=int, default=9, help="topk: activations kept per channel")
+    parser.add_argument("--channels", nargs="+", default=None, metavar="C", help="topk and maximise: channel "
+                        "indices or ranges (0-7); default the first 8 (topk) or 4 (maximise)")
+    parser.add_argument("--compare", type=Path, default=None, metavar="OTHER_CKPT", help="layer_stats: a second "
+                        "checkpoint of the same task drawn on the same plot (e.g. plain against residual)")
+    parser.add_argument("--epsilon", type=float, default=None, help="fool: the L-inf budget in [0, 1] pixel units "
+                        "(default 8/255)")
     parser.add_argument("--region", type=int, nargs=4, default=None, metavar=("TOP", "LEFT", "BOTTOM", "RIGHT"),
                         help="dense: the output window whose mean is explained (default the image's centre)")
     parser.add_argument("--boxes", choices=("detections", "ground_truth"), default="detections",
@@ -455,28 +531,307 @@ def explain_filters(task, datamodule, *, layers: Sequence[str] | None = None, **
     return pictures
 
 
+# ---- dataset-level methods: the Zeiler-Fergus grid, layer responses, activation maximisation, fooling -----------
+def task_family(task) -> str:
+    """``classification``, ``detection``, ``dense`` or ``video``: what the dataset-level methods can do with it."""
+    from .classification import ClassificationTask
+    from .dense import DensePredictionTask
+    from .detection.base import DetectionTask
+    from .video import VideoClassificationTask
+
+    for cls, family in ((VideoClassificationTask, "video"), (DetectionTask, "detection"),
+                        (DensePredictionTask, "dense"), (ClassificationTask, "classification")):
+        if isinstance(task, cls):
+            return family
+    raise UserError(f"explain does not know the task {type(task).__name__}")
+
+
+def backbone_layer(task, name: str) -> str:
+    """``--layers`` entry -> a module path in ``task.backbone`` (``backbone.layer3``, ``layer3``, or a
+    ``feature_info`` index)."""
+    from densecnn.explain.receptive_field import layer_name
+
+    name = str(name)
+    relative = name.removeprefix("backbone.")
+    try:
+        return layer_name(task.backbone, relative)
+    except UserError:
+        names = ", ".join(_feature_modules(task.backbone)) or "see print(task.backbone)"
+        raise ConfigError(f"--layers {name!r}: no such module in the backbone {task.hparams.backbone} (its feature "
+                          f"maps: {names}; any dotted module name of the backbone works)") from None
+
+
+def parse_channels(specs: Sequence[str] | None, default: int) -> list[int]:
+    """``--channels``: indices and inclusive ranges (``0 3 8-11``); the first ``default`` when none given."""
+    if not specs:
+        return list(range(default))
+    chosen: list[int] = []
+    for spec in specs:
+        low, dash, high = str(spec).partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()) or (dash and int(high) < int(low)):
+            raise ConfigError(f"--channels {spec!r}: expected a channel index (5) or an inclusive range (0-7)")
+        chosen += list(range(int(low), int(high if dash else low) + 1))
+    return chosen
+
+
+def input_batch(task, datamodule, n: int) -> torch.Tensor:
+    """The first ``n`` test inputs as one tensor, as the backbone takes them (video: the middle clip of each
+    video's evaluation clips)."""
+    from densecnn.explain.topk import batch_images
+
+    parts = []
+    for batch, _ in explain_batches(datamodule, n):
+        inputs = batch_images(batch)
+        parts.append(inputs[:, inputs.shape[1] // 2] if inputs.dim() == 6 else inputs)
+    if not parts:
+        raise UserError(f"{type(datamodule).__name__}'s test split has no images")
+    return torch.cat(parts)
+
+
+def checkpoint_label(path: Path) -> str:
+    """A checkpoint's name on a plot: its run folder and file (``plain/last.ckpt``)."""
+    path = Path(path)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return f"{run.name}/{path.name}"
+
+
+def load_like(task, path: Path):
+    """The task of checkpoint ``path``, which must be of ``task``'s class (its own backbone and hyper-parameters,
+    read from the checkpoint), in eval mode on ``task``'s device."""
+    from .checkpoints import CheckpointError, read_checkpoint
+
+    saved = (read_checkpoint(str(path)).get("densecnn") or {}).get("task")
+    if saved is not None and saved != type(task).__name__:
+        raise CheckpointError(f"--compare {path}: a {saved} checkpoint, but the explained one is a "
+                              f"{type(task).__name__}; compare two checkpoints of the same task")
+    device = next(task.parameters()).device
+    try:  # the weights are the checkpoint's: no pretrained file is read
+        return type(task).load_from_checkpoint(str(path), map_location=device, weights=None).eval()
+    except (RuntimeError, TypeError, KeyError) as err:
+        raise CheckpointError(f"--compare {path}: cannot be loaded as a {type(task).__name__} ({err})") from err
+
+
+def _pixels(image: torch.Tensor) -> np.ndarray:
+    """C x H x W pixels in [0, 1] -> H x W x 3 uint8, for the raw-image files beside a picture."""
+    return image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def _stem(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_") or "x"
+
+
+def explain_topk(task, datamodule, *, layers: Sequence[str] | None = None, num_images: int | None = None,
+                 k: int = 9, channels: Sequence[str] | None = None, progress: bool = True, **_: Any
+                 ) -> list[Picture]:
+    """Zeiler & Fergus's grid per layer (``densecnn.explain.zeiler_fergus_grid``): the top ``k`` activations of
+    each chosen channel over the test split (its first ``num_images`` images; one streamed pass with a progress
+    bar), their deconvnet projections and image patches. ``layers`` default to the backbone's first four
+    feature maps; ``channels`` to the first 8. Detection and dense tasks: their backbone on their test images."""
+    from densecnn.explain import gather_images, top_activations, zeiler_fergus_grid
+
+    if task_family(task) == "video":
+        raise UserError("topk: the Zeiler-Fergus grid shows 2-D image patches, but a video backbone's units span "
+                        "frames as well; explain video tasks with saliency, occlusion or another attribution "
+                        "method, which draw a clip as a frame strip")
+    backbone = task.backbone
+    names = [backbone_layer(task, layer) for layer in layers] if layers else _feature_modules(backbone)[:4]
+    if not names:
+        raise ConfigError(f"{task.hparams.backbone} declares no feature maps; choose the layers with --layers")
+    loader = test_loader(datamodule)
+    top = top_activations(backbone, loader, names, k, max_images=num_images, progress=progress)
+    wanted = {int(i) for t in top.values() for i in t.image_ids.flatten()}
+    images = gather_images(loader, wanted, progress=progress)
+    mean, std = task.normalisation()
+    pictures = []
+    for name, t in top.items():
+        chosen = parse_channels(channels, min(8, t.channels))
+        figure = zeiler_fergus_grid(backbone, t, images, channels=chosen, k=k, mean=mean, std=std)
+        details = {"layer": name, "k": k,
+                   "channels": {str(c): [{"value": v, "image": i, "position": list(p)} for v, i, p in t.entries(c)]
+                                for c in chosen}}
+        pictures.append(Picture(f"topk_{_stem(name)}", f"topk: {name}, top-{k} activations of channels "
+                                f"{chosen[0]}-{chosen[-1]} with deconvnet projections", figure_to_array(figure),
+                                "topk", None, details=details))
+    return pictures
+
+
+def explain_layer_stats(task, datamodule, *, layers: Sequence[str] | None = None, num_images: int | None = None,
+                        compare: tuple[str, Any] | None = None, label: str = "this checkpoint", **_: Any
+                        ) -> list[Picture]:
+    """ResNet Fig. 7 (``densecnn.explain.layer_response_std``): the std of each layer's responses over the first
+    ``num_images`` (default 16) test inputs, for this checkpoint and ``compare`` (a ``(label, task)``: another
+    checkpoint of the same task, on the same inputs) on one plot. ``layers`` default to the BN after every 3x3
+    convolution (the paper's choice), else every convolution."""
+    from densecnn.explain import layer_response_std, response_std_picture
+
+    images = input_batch(task, datamodule, num_images or 16)
+    names = [backbone_layer(task, layer) for layer in layers] if layers else None
+    results = {label: layer_response_std(task.backbone, images, names)}
+    if compare is not None:
+        other_label, other = compare
+        if task_family(other) != task_family(task):
+            raise ConfigError(f"--compare: a {task_family(other)} checkpoint cannot be compared with a "
+                              f"{task_family(task)} one")
+        other_names = [backbone_layer(other, layer) for layer in layers] if layers else None
+        results[other_label if other_label != label else f"{other_label} (compare)"] = layer_response_std(
+            other.backbone, images, other_names)
+    shown = " vs ".join(f"{k} ({len(v)} layers)" for k, v in results.items())
+    figure = response_std_picture(results, title=f"layer responses over {len(images)} test inputs")
+    return [Picture("layer_stats", f"layer_stats: response std per layer, {shown}", figure_to_array(figure),
+                    "layer_stats", None, details={"images": len(images), "models": results})]
+
+
+def explain_maximise(task, datamodule, *, layers: Sequence[str] | None = None, num_images: int | None = None,
+                     target: str | None = None, channels: Sequence[str] | None = None, steps: int | None = None,
+                     progress: bool = True, **_: Any) -> list[Picture]:
+    """Activation maximisation (``densecnn.explain.maximise_class`` / ``maximise_channel``), at the size of the
+    test images and with the data's normalisation (``task.normalisation()``): each class of ``target`` (names or
+    indices, comma-separated; default the first ``num_images`` classes, at most 8) of a classifier, or with
+    ``layers`` the ``channels`` of those backbone layers (any image task's backbone)."""
+    from tqdm.auto import tqdm
+
+    from densecnn.explain import maximisation_picture, maximise_channel, maximise_class
+
+    family = task_family(task)
+    if family == "video":
+        raise UserError("maximise: activation maximisation optimises one image; a video model takes clips "
+                        "(frames x height x width), which this does not optimise. Explain video tasks with an "
+                        "attribution method (saliency, occlusion)")
+    if layers and target is not None:
+        raise ConfigError("maximise: give --target (classes) or --layers with --channels (channels), not both")
+    if not layers and family != "classification":
+        raise UserError(f"maximise: class targets need one class score per image, which a {family} model does not "
+                        f"give (its scores belong to boxes or pixels); maximise channels of its backbone instead: "
+                        f"--layers L --channels C ...")
+    mean, std = task.normalisation()
+    size = tuple(input_batch(task, datamodule, 1).shape[-2:])
+    options = {"image_size": size, "steps": steps or 200, "mean": mean, "std": std}
+    if layers:
+        pairs = [(backbone_layer(task, layer), c) for layer in layers for c in parse_channels(channels, 4)]
+        jobs = [(lambda name=name, c=c: maximise_channel(task.backbone, name, c, label=f"{name} ch{c}", **options))
+                for name, c in pairs]
+        name = f"maximise_{'_'.join(_stem(layer) for layer in layers)}"
+    else:
+        names = task.class_names
+        classes = ([_class_index(t.strip(), names, "class") for t in str(target).split(",")] if target is not None
+                   else list(range(min(num_images or 8, len(names)))))
+        jobs = [(lambda c=c: maximise_class(task, c, label=names[c], **options)) for c in classes]
+        name = "maximise_classes"
+    results = [job() for job in tqdm(jobs, desc="maximise", disable=not progress)]
+    class_names = getattr(task, "class_names", None)
+    figure = maximisation_picture(results, class_names, title=f"Activation maximisation ({options['steps']} steps)")
+    files = {f"{i:02d}_{_stem(r.target)}": _pixels(r.image) for i, r in enumerate(results)}
+    details = {"targets": [{"target": r.target, "class_index": r.class_index, "probability": r.probability,
+                            "objective": r.objective, "steps": r.steps, "file": f"{name}_{key}.png"}
+                           for r, key in zip(results, files)]}
+    return [Picture(name, f"maximise: {', '.join(r.target for r in results)}", figure_to_array(figure), "maximise",
+                    None, details=details, files=files)]
+
+
+def explain_fool(task, datamodule, *, num_images: int | None = None, target: str | None = None,
+                 epsilon: float | None = None, steps: int | None = None, progress: bool = True, **_: Any
+                 ) -> list[Picture]:
+    """Fooling a classifier (``densecnn.explain.targeted_adversarial`` and ``fooling_images``): the first
+    ``num_images`` (default 4) correctly classified test images pushed to ``target`` (default each image's next
+    class) within an L-inf budget of ``epsilon`` pixel units (default 8/255), and an image grown from noise for
+    each target class. Prints the budget used and the confidences per image."""
+    from densecnn.explain import (
+        adversarial_picture,
+        fooling_images,
+        fooling_picture,
+        targeted_adversarial,
+    )
+    from densecnn.explain.maximise import evaluating
+
+    family = task_family(task)
+    if family != "classification":
+        raise UserError(f"fool: adversarial and fooling images flip a classifier's one label per image; a {family} "
+                        f"model gives none (its scores belong to boxes, pixels or clips)")
+    n = num_images or 4
+    eps = 8 / 255 if epsilon is None else epsilon
+    names = task.class_names
+    chosen_target = _class_index(target, names, "class")
+    mean, std = task.normalisation()
+    device = next(task.parameters()).device
+    mean_t, std_t = (torch.tensor(list(v), device=device).view(1, -1, 1, 1) for v in (mean, std))
+    pixels, labels, ids, seen = [], [], [], 0
+    with evaluating(task):
+        for batch in test_loader(datamodule):  # the first n test images the model gets right
+            images, truth = batch["image"].to(device), torch.as_tensor(batch["label"]).to(device)
+            with torch.no_grad():
+                right = (task(images).argmax(dim=1) == truth).nonzero().flatten().tolist()
+            for i in right[:n - len(ids)]:  # back to pixels: the budget is in pixel units
+                pixels.append((images[i:i + 1] * std_t + mean_t).clamp(0, 1))
+                labels.append(int(truth[i]))
+                ids.append(seen + i)
+            seen += len(images)
+            if len(ids) == n:
+                break
+    if not ids:
+        raise UserError(f"fool: the model classifies none of the {seen} test images correctly; there is nothing to "
+                        f"flip (train it longer)")
+    targets = [chosen_target if chosen_target is not None else (label + 1) % len(names) for label in labels]
+    if any(t == label for t, label in zip(targets, labels)):
+        raise ConfigError(f"--target {target}: some chosen images are already that class; choose another class")
+    adversarial = targeted_adversarial(task, torch.cat(pixels), targets, epsilon=eps, steps=steps or 40, mean=mean,
+                                       std=std)
+    fooled = fooling_images(task, sorted(set(targets)), image_size=tuple(pixels[0].shape[-2:]), mean=mean, std=std,
+                            steps=steps or 500)
+    print(f"fool: targeted PGD with epsilon {eps:.4f} (pixel units, L-inf):")
+    records = []
+    for image_id, r in zip(ids, adversarial):
+        records.append({"image": image_id, "label": r.original_label, "original_confidence": r.original_confidence,
+                        "target": r.target, "predicted": r.predicted, "confidence": r.confidence,
+                        "target_confidence": r.target_confidence, "budget": r.budget, "epsilon": r.epsilon,
+                        "success": r.success, "steps": r.steps, "file": f"fool_adversarial_image{image_id:03d}.png"})
+        print(f"  test image {image_id}: {names[r.original_label]} (p={r.original_confidence:.3f}) -> target "
+              f"{names[r.target]}: budget {r.budget:.4f} <= {r.epsilon:.4f}, predicted {names[r.predicted]} "
+              f"(p={r.confidence:.3f}), p(target)={r.target_confidence:.3f}, "
+              f"{'success' if r.success else 'not flipped'} after {r.steps} steps")
+    print("fool: images grown from noise (Nguyen et al.):")
+    noise_records = []
+    for f in fooled:
+        noise_records.append({"target": f.target, "predicted": f.predicted, "confidence": f.confidence,
+                              "target_confidence": f.target_confidence, "reached": f.reached, "steps": f.steps,
+                              "file": f"fool_from_noise_{_stem(names[f.target])}.png"})
+        print(f"  {names[f.target]}: p={f.target_confidence:.4f} after {f.steps} steps "
+              f"({'reached' if f.reached else 'below'} 0.99)")
+    flipped = sum(r.success for r in adversarial)
+    return [Picture("fool_adversarial", f"fool: {flipped}/{len(adversarial)} test images flipped within epsilon "
+                    f"{eps:.4f}", figure_to_array(adversarial_picture(adversarial, names)), "fool", None,
+                    details={"epsilon": eps, "examples": records},
+                    files={f"image{i:03d}": _pixels(r.adversarial) for i, r in zip(ids, adversarial)}),
+            Picture("fool_from_noise", f"fool: images from noise for {', '.join(names[f.target] for f in fooled)}",
+                    figure_to_array(fooling_picture(fooled, names)), "fool", None,
+                    details={"images": noise_records}, files={_stem(names[f.target]): _pixels(f.image) for f in fooled})]
+
+
 def dataset_methods() -> dict[str, Callable]:
-    """The methods besides attribution: ``fn(task, datamodule, *, layers, num_images, target) -> [Picture]``."""
-    return {"filters": explain_filters}
+    """The methods besides attribution: ``fn(task, datamodule, *, layers, num_images, target, **options) ->
+    [Picture]`` (options: ``k``, ``channels``, ``compare``, ``label``, ``epsilon``, ``steps``; each takes what
+    it uses)."""
+    return {"filters": explain_filters, "topk": explain_topk, "layer_stats": explain_layer_stats,
+            "maximise": explain_maximise, "fool": explain_fool}
 
 
-def explain_batches(datamodule, n: int):
-    """Batches of the DataModule's test split (its validation split when it has no test data) until ``n``
-    samples, the last one cut to size; one process (``num_workers`` 0)."""
+def test_loader(datamodule):
+    """The DataModule's test loader (its validation loader when it has no test data), unshuffled, in one process
+    (``num_workers`` 0): the same images in the same order on every pass."""
     if hasattr(datamodule, "num_workers"):
         datamodule.num_workers = 0
-    loader = None
     for stage, make in (("test", "test_dataloader"), ("validate", "val_dataloader")):
         try:
             datamodule.setup(stage)
-            loader = getattr(datamodule, make)()
-            break
+            return getattr(datamodule, make)()
         except (UserError, OSError, AttributeError, KeyError, NotImplementedError):
             continue
-    if loader is None:
-        raise UserError(f"{type(datamodule).__name__} gives no test or validation images to explain")
+    raise UserError(f"{type(datamodule).__name__} gives no test or validation images to explain")
+
+
+def explain_batches(datamodule, n: int):
+    """Batches of the DataModule's test split (``test_loader``) until ``n`` samples, the last one cut to size."""
     taken = 0
-    for batch in loader:
+    for batch in test_loader(datamodule):
         size = len(batch["video"] if "video" in batch else batch["image"])
         keep = min(size, n - taken)
         yield _take(batch, keep), taken
@@ -494,6 +849,15 @@ def _take(batch: Any, n: int) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
+    """``python -m densecnn explain``: build the task from config and checkpoint, explain test images, write the
+    pictures, ``pictures.json`` and ``index.html``.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[2:]``).
+
+    Returns:
+        The output folder.
+    """
     from .export import build_from_config
 
     args, overrides = parse_explain_args(sys.argv[2:] if argv is None else argv)
@@ -504,22 +868,29 @@ def main(argv: Sequence[str] | None = None) -> Path:
     extra = dataset_methods()
     if args.method not in METHODS and args.method not in extra:
         raise ConfigError(f"densecnn explain {args.method!r}: expected one of {', '.join((*METHODS, *extra))}")
-    if args.num_images < 1:
-        raise ConfigError(f"--num-images {args.num_images}: at least 1")
+    for name in ("num_images", "steps", "k"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: at least 1")
+    if args.compare is not None and args.method != "layer_stats":
+        raise ConfigError(f"--compare: only layer_stats compares two checkpoints, not {args.method}")
     checkpoint_path = Path(args.ckpt_path)
     task, datamodule, _ = build_from_config(args.config, str(checkpoint_path), overrides)
     output = args.output or default_output(checkpoint_path, type(task).__name__, args.method)
     if args.method in extra:
+        compare = (checkpoint_label(args.compare), load_like(task, args.compare)) if args.compare else None
         pictures = extra[args.method](task, datamodule, layers=args.layers, num_images=args.num_images,
-                                      target=args.target)
+                                      target=args.target, k=args.k, channels=args.channels, compare=compare,
+                                      label=checkpoint_label(checkpoint_path), epsilon=args.epsilon,
+                                      steps=args.steps)
     else:
+        num_images = args.num_images or 4
         pictures = []
-        for batch, first in explain_batches(datamodule, args.num_images):
+        for batch, first in explain_batches(datamodule, num_images):
             pictures += explain_task(task, batch, args.method, args.target, layers=args.layers, window=args.window,
-                                     stride=args.stride, baseline=args.baseline, steps=args.steps,
+                                     stride=args.stride, baseline=args.baseline, steps=args.steps or 32,
                                      region=args.region, boxes=args.boxes, max_boxes=args.max_boxes, first=first)
         if not pictures:
-            raise UserError(f"nothing to explain in the first {args.num_images} test images (no detections above "
+            raise UserError(f"nothing to explain in the first {num_images} test images (no detections above "
                             f"display_thresh? try --boxes ground_truth)")
     index = write_pictures(pictures, output, f"{args.method}: {type(task).__name__} ({task.hparams.backbone}) "
                                              f"from {checkpoint_path}")

@@ -46,6 +46,9 @@ EXAMPLE_BATCH = 2
 
 @dataclass
 class ExportResult:
+    """What ``export_task`` wrote: the model and ``preprocess.json`` paths, every file, and the largest absolute
+    difference from PyTorch found by the verification (and on what input).
+    """
     model_path: Path
     preprocess_path: Path
     max_abs_diff: float
@@ -212,6 +215,11 @@ def default_output(checkpoint_path: Path, task_name: str, fmt: str) -> Path:
 
 
 def parse_export_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse ``densecnn export`` arguments; the ``--model.*``/``--data.*`` overrides come back unparsed.
+
+    Args:
+        argv: the arguments after ``export``.
+    """
     parser = argparse.ArgumentParser(
         prog="densecnn export", description="Export a checkpoint as ONNX or an ExportedProgram, verified against "
         "PyTorch. Other --key value arguments (--model.init_args.x, --data.init_args.y) override the config.")
@@ -266,6 +274,15 @@ def build_from_config(configs: Sequence[str], checkpoint_path: str, overrides: S
 
 
 def main(argv: Sequence[str] | None = None) -> ExportResult:
+    """``python -m densecnn export``: rebuild the task from config and checkpoint as ``test`` does, export it,
+    verify the file against PyTorch and write the model card.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[2:]``).
+
+    Returns:
+        What was written.
+    """
     args, overrides = parse_export_args(sys.argv[2:] if argv is None else argv)
     unknown = [a for a in overrides if a.startswith("-") and not a.startswith(("--model.", "--data.", "--trainer.",
                                                                                  "--seed_everything"))]

@@ -50,6 +50,7 @@ BACKBONE_ARXIV = {"He et al. 2015": "1512.03385", "Simonyan & Zisserman 2014": "
 
 # ---- writing --------------------------------------------------------------------------------------------------------
 def densecnn_version() -> str:
+    """The installed densecnn version (the package's ``__version__`` when it is not installed)."""
     try:
         return version("densecnn")
     except PackageNotFoundError:
@@ -140,6 +141,12 @@ def _evaluated(config_file: Path, checkpoint_path: Path) -> bool:
 
 
 def find_config(checkpoint_path: Path | None, config: dict | None) -> dict | None:
+    """The run config for a model card: the one given, or the ``config.yaml`` of the checkpoint's run directory.
+
+    Args:
+        checkpoint_path: the checkpoint.
+        config: an explicit config.
+    """
     if config is not None or checkpoint_path is None:
         return config
     saved = run_dir_of(Path(checkpoint_path).resolve()) / "config.yaml"
@@ -250,6 +257,14 @@ def exported_weights_file(path: str | os.PathLike) -> Path | None:
 
 
 def read_export(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The weights and metadata of an exported ``model.safetensors``.
+
+    Args:
+        path: the file.
+
+    Raises:
+        CheckpointError: not a readable safetensors file, naming it.
+    """
     from safetensors import safe_open
 
     try:

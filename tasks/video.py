@@ -69,6 +69,10 @@ class DescriptorDataset(Dataset):
 
 
 class VideoClassificationTask(BaseTask):
+    """Video classification (C3D, Tran et al. 2015): clip cross-entropy, clip accuracy and video accuracy over
+    K clips x C crops (Section 3), any 3D backbone or a 2D one per frame, and the paper's feature protocol
+    (frozen network, fc6 features, linear SVM; Sections 3.3 and 4.1).
+    """
     monitor_mode = "max"
     identity_hparams = (*BaseTask.identity_hparams, "clip_len", "crop_size", "feature_protocol")
     input_keys = ("video",)

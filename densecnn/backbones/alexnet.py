@@ -105,14 +105,33 @@ class TorchvisionAlexNet(SequentialBackbone):
 
 @register_backbone("alexnet", paper=PAPER + " (two towers: groups=2 in conv2/4/5)", input_size=(3, 227, 227))
 def alexnet(num_classes: int = 1000, **kwargs) -> AlexNet:
+    """AlexNet as in Krizhevsky et al. 2012 (Section 3.5, Fig. 2): two towers (groups=2 in conv2/4/5), LRN,
+    overlapping pooling, 227x227 input.
+
+    Args:
+        num_classes: classifier width (1000 for ImageNet).
+        **kwargs: passed to ``AlexNet`` (e.g. ``in_chans``, ``dropout``).
+    """
     return AlexNet(num_classes=num_classes, groups=2, **kwargs)
 
 
 @register_backbone("alexnet_1tower", paper=PAPER + " (one tower, same widths)", input_size=(3, 227, 227))
 def alexnet_1tower(num_classes: int = 1000, **kwargs) -> AlexNet:
+    """AlexNet with one tower of the same widths (groups=1; Krizhevsky et al. 2012, Section 3.5 compares it).
+
+    Args:
+        num_classes: classifier width.
+        **kwargs: passed to ``AlexNet``.
+    """
     return AlexNet(num_classes=num_classes, groups=1, **kwargs)
 
 
 @register_backbone("alexnet_torchvision", paper="Krizhevsky 2014, 'One weird trick' (torchvision's alexnet)")
 def alexnet_torchvision(num_classes: int = 1000, **kwargs) -> TorchvisionAlexNet:
+    """torchvision's AlexNet layout (Krizhevsky 2014, "One weird trick"): its state_dicts load unchanged.
+
+    Args:
+        num_classes: classifier width.
+        **kwargs: passed to ``TorchvisionAlexNet``.
+    """
     return TorchvisionAlexNet(num_classes=num_classes, **kwargs)

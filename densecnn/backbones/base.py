@@ -39,6 +39,9 @@ from ..errors import UserError
 
 @dataclass(frozen=True)
 class FeatureInfo:
+    """One feature map a backbone returns, in timm's convention: ``num_chs`` channels, ``reduction`` (the
+    stride relative to the input) and the name of the ``module`` that produces it; indexable as a dict.
+    """
     num_chs: int
     reduction: int
     module: str

@@ -224,4 +224,10 @@ class C3D(Backbone):
 @register_backbone("c3d", paper="Tran et al. 2015 (arXiv:1412.0767), Fig. 3: 8 conv, 5 pool, 2 fc",
                    input_size=C3D_INPUT_SIZE, default_num_classes=487)
 def c3d(num_classes: int = 487, **kwargs) -> C3D:
+    """C3D of Tran et al. 2015 (arXiv:1412.0767, Fig. 3): 8 3x3x3 convolutions, 5 max-pools, fc6/fc7 of 4096.
+
+    Args:
+        num_classes: classifier width (487: Sports-1M; 101 for UCF101).
+        **kwargs: passed to ``C3D`` (``width_mult``, ``batch_norm``, ``pool5``, ...).
+    """
     return C3D(num_classes=num_classes, **kwargs)

@@ -290,11 +290,24 @@ class GoogLeNet(Backbone):
 
 @register_backbone("googlenet", paper="Szegedy et al. 2014, Table 1 (Inception v1, aux classifiers)")
 def googlenet(num_classes: int = 1000, **kwargs) -> GoogLeNet:
+    """GoogLeNet (Inception v1) as in Szegedy et al. 2014, Table 1, with the two auxiliary classifiers (Section 5).
+
+    Args:
+        num_classes: classifier width.
+        **kwargs: passed to ``GoogLeNet`` (``aux_logits``, ``dropout``, ``dropout_aux``, ``in_chans``).
+    """
     return GoogLeNet(num_classes=num_classes, **kwargs)
 
 
 @register_backbone("googlenet_torchvision", paper="Szegedy et al. 2014 as torchvision builds it (BN convs)")
 def googlenet_torchvision(num_classes: int = 1000, **kwargs) -> GoogLeNet:
+    """GoogLeNet as torchvision builds it (batch-norm convolutions, 3x3 in place of the 5x5 branch): its
+    state_dicts load unchanged.
+
+    Args:
+        num_classes: classifier width.
+        **kwargs: passed to ``GoogLeNet``.
+    """
     return GoogLeNet(num_classes=num_classes, torchvision_layout=True, **kwargs)
 
 
@@ -380,4 +393,10 @@ class BNInception(Backbone):
 
 @register_backbone("bn_inception", paper="Ioffe & Szegedy 2015, Fig. 5 (BN-Inception)")
 def bn_inception(num_classes: int = 1000, **kwargs) -> BNInception:
+    """BN-Inception of Ioffe & Szegedy 2015 (Fig. 5): Inception with batch norm, 5x5 branches as two 3x3.
+
+    Args:
+        num_classes: classifier width.
+        **kwargs: passed to ``BNInception``.
+    """
     return BNInception(num_classes=num_classes, **kwargs)

@@ -56,6 +56,16 @@ class AbsRectification(nn.Module):
 
 
 class JarrettStage(nn.Sequential):
+    """One feature-extraction stage of Jarrett et al. 2009: filter bank F_CSG, then optionally |x| (R_abs),
+    local contrast normalisation (N) and average or max pooling (P_A / P_M), as ``composition`` says.
+
+    Args:
+        in_channels, out_channels: maps in and out of the filter bank.
+        kernel_size: the filter bank's square kernel.
+        pool_size, pool_stride: the pooling window and subsampling.
+        composition: ``F-PA``, ``F-Rabs-PA``, ``F-Rabs-N-PA`` (the paper's best) or ``F-PM``.
+        lcn_size: the local contrast normalisation window.
+    """
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, pool_size: int, pool_stride: int,
                  composition: Composition = "F-Rabs-N-PA", lcn_size: int = 9):
         if composition not in COMPOSITIONS:
@@ -110,4 +120,11 @@ class JarrettNet(Backbone):
 @register_backbone("jarrett", paper="Jarrett et al. 2009, two F_CSG-R_abs-N-P_A stages (Caltech-101)",
                    input_size=(1, 143, 143), default_num_classes=101)
 def jarrett(num_classes: int = 101, **kwargs) -> JarrettNet:
+    """Jarrett et al. 2009's two-stage Caltech-101 network (Section 4.1): 143x143 grey input, 64 and 256
+    9x9 filter banks, logistic regression on 4096 features.
+
+    Args:
+        num_classes: classifier width (101).
+        **kwargs: passed to ``JarrettNet`` (``composition``, ``stages``, ...).
+    """
     return JarrettNet(num_classes=num_classes, **kwargs)

@@ -23,6 +23,15 @@ from .registry import register_backbone
 
 
 class LeNet5(Backbone):
+    """LeNet-5 of LeCun et al. 1998 (C1-S2-C3-S4-C5-F6-output) on 32x32 inputs.
+
+    Simplifications the paper does not make: S2/S4 are parameter-free 2x2 averages, the squashing is plain
+    ``tanh``, C3 is fully connected and the output layer linear (not RBF).
+
+    Args:
+        num_classes: output width (10 digits).
+        in_chans: input channels (1: greyscale).
+    """
     classifier_name = "output"
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1):
@@ -63,4 +72,10 @@ class LeNet5(Backbone):
 
 @register_backbone("lenet5", paper="LeCun et al. 1998 (S2 L440-477)", input_size=(1, 32, 32), default_num_classes=10)
 def lenet5(num_classes: int = 10, **kwargs) -> LeNet5:
+    """Build ``LeNet5`` (LeCun et al. 1998).
+
+    Args:
+        num_classes: output width.
+        **kwargs: passed to ``LeNet5`` (``in_chans``).
+    """
     return LeNet5(num_classes=num_classes, **kwargs)

@@ -40,6 +40,15 @@ class ClassMaps(nn.Sequential):
 
 
 class NiN(SequentialBackbone):
+    """Network in Network (Lin et al. 2013): mlpconv stages (a convolution followed by 1x1 convolutions) and a
+    global-average-pooled class map instead of fully connected layers.
+
+    Args:
+        stages: the layers of each stage; the last stage's final layers are the classifier.
+        widths, reductions: channels and stride of each stage's output map (``feature_info``).
+        last_width: channels of the deepest feature map.
+        num_classes: classes of the class map.
+    """
     def __init__(self, stages: list[list[nn.Module]], widths: list[int], reductions: list[int], last_width: int,
                  num_classes: int):
         layers, taps = [], []
@@ -60,6 +69,13 @@ class NiN(SequentialBackbone):
 
 @register_backbone("nin", paper="Lin et al. 2013, Network in Network (authors' ImageNet model)")
 def nin(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> NiN:
+    """NiN's ImageNet model (the authors' four-mlpconv network, 224x224 input).
+
+    Args:
+        num_classes: classes.
+        in_chans: input channels.
+        dropout: dropout after the third stage.
+    """
     stages = [
         mlpconv(in_chans, (96, 96, 96), 11, stride=4) + [nn.MaxPool2d(3, 2, ceil_mode=True)],
         mlpconv(96, (256, 256, 256), 5, padding=2) + [nn.MaxPool2d(3, 2, ceil_mode=True)],
@@ -73,6 +89,13 @@ def nin(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> NiN
 @register_backbone("nin_cifar", paper="Lin et al. 2013, Network in Network (authors' CIFAR-10 model)",
                    input_size=(3, 32, 32), default_num_classes=10)
 def nin_cifar(num_classes: int = 10, in_chans: int = 3, dropout: float = 0.5) -> NiN:
+    """NiN's CIFAR-10 model (three mlpconv stages, 32x32 input, Lin et al. 2013 Section 4.2).
+
+    Args:
+        num_classes: classes.
+        in_chans: input channels.
+        dropout: dropout after the first two stages.
+    """
     stages = [
         mlpconv(in_chans, (192, 160, 96), 5, padding=2) + [nn.MaxPool2d(3, 2, ceil_mode=True), nn.Dropout(dropout)],
         mlpconv(96, (192, 192, 192), 5, padding=2) + [nn.AvgPool2d(3, 2, ceil_mode=True), nn.Dropout(dropout)],

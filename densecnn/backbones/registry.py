@@ -12,6 +12,9 @@ TIMM_PREFIX = "timm:"
 
 @dataclass(frozen=True)
 class BackboneEntry:
+    """A registered backbone: its builder, the paper (and table/section) it follows, the input size the paper
+    uses and its default class count.
+    """
     name: str
     builder: Callable[..., nn.Module]
     paper: str
@@ -41,6 +44,14 @@ def list_backbones() -> list[str]:
 
 
 def get_entry(name: str) -> BackboneEntry:
+    """The registry entry of ``name`` (``timm:<name>`` for any timm model).
+
+    Args:
+        name: a registered name.
+
+    Raises:
+        ValueError: an unknown name, with the closest registered names as a hint.
+    """
     if name.startswith(TIMM_PREFIX):
         return BackboneEntry(name, _build_timm, "timm", (3, 224, 224), 1000)
     try:

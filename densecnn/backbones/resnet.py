@@ -25,10 +25,22 @@ Shortcut = Literal["A", "B", "C", "none"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (the ResNet blocks' convolution, He et al. 2015 Table 1).
+
+    Args:
+        in_planes, out_planes: channels in and out.
+        stride: the stride (2 where a stage halves the resolution).
+    """
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution without bias (bottleneck reductions and projection shortcuts, He et al. 2015 Section 3.3).
+
+    Args:
+        in_planes, out_planes: channels in and out.
+        stride: the stride.
+    """
     return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 

@@ -14,6 +14,18 @@ from .base import Backbone, FeatureInfo
 
 
 class SequentialBackbone(Backbone):
+    """A backbone whose body is one ``nn.Sequential`` (AlexNet, ZF-Net, VGG, NiN, All-CNN): feature maps are
+    tapped at given indices, a pooling layer and a classifier follow.
+
+    Args:
+        features: the convolutional body.
+        taps: ``(index in features, channels, reduction)`` of each returned map, shallow to deep.
+        pool: the layer between the features and the classifier.
+        classifier: the classifier head.
+        num_classes: classifier width (0: none).
+        num_features: width of the pooled features.
+        classifier_name: the classifier's module name (dropped when a checkpoint's class count differs).
+    """
     def __init__(self, features: nn.Sequential, taps: list[tuple[int, int, int]], pool: nn.Module,
                  classifier: nn.Module, *, num_classes: int, num_features: int, classifier_name: str):
         """``taps``: ``(index in features, channels, reduction)`` for each returned map, shallow to deep."""

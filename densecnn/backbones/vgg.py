@@ -66,6 +66,16 @@ def make_features(config: list[Layer], in_chans: int = 3, batch_norm: bool = Fal
 
 
 class VGG(SequentialBackbone):
+    """VGG of Simonyan & Zisserman 2014, configurations A-E of Table 1 (and A-LRN, C with 1x1 layers),
+    optionally with batch norm; torchvision's state_dicts load unchanged.
+
+    Args:
+        config: ``A``, ``A-LRN``, ``B``, ``C``, ``D`` (VGG-16) or ``E`` (VGG-19).
+        num_classes: classifier width.
+        in_chans: input channels.
+        batch_norm: batch norm after every convolution (not in the paper).
+        dropout: dropout in fc6/fc7 (0.5).
+    """
     def __init__(self, config: str = "D", num_classes: int = 1000, in_chans: int = 3, batch_norm: bool = False,
                  dropout: float = 0.5):
         if config not in CONFIGS:

@@ -47,4 +47,10 @@ class ZFNet(SequentialBackbone):
 
 @register_backbone("zfnet", paper="Zeiler & Fergus 2013, Fig. 3 (outside the seeds)")
 def zfnet(num_classes: int = 1000, **kwargs) -> ZFNet:
+    """ZF-Net of Zeiler & Fergus 2013 (Fig. 3): AlexNet with a 7x7/2 first layer and dense connections.
+
+    Args:
+        num_classes: classifier width.
+        **kwargs: passed to ``ZFNet``.
+    """
     return ZFNet(num_classes=num_classes, **kwargs)

@@ -294,6 +294,15 @@ FORMATS: dict[str, Callable[..., tuple[dict, dict]]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m densecnn.data.convert FORMAT ROOT OUT_DIR``: convert a folder dataset to LitData streaming
+    chunks (see the module docstring for the formats and options).
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit code.
+    """
     parser = argparse.ArgumentParser(prog="python -m densecnn.data.convert", description=__doc__.split("::")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("format", choices=sorted(FORMATS))

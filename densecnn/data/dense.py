@@ -60,6 +60,14 @@ NYU_INTRINSICS = Intrinsics(5.1885790117450188e02, 5.1946961112127485e02, 3.2558
 
 
 def read_intrinsics(path: str | os.PathLike) -> Intrinsics:
+    """Read a camera file (JSON with ``fx``, ``fy``, ``cx``, ``cy``, ``width``, ``height``).
+
+    Args:
+        path: the JSON file.
+
+    Raises:
+        DataError: an unreadable file or a missing or non-numeric key, naming the file.
+    """
     try:
         values = json.loads(Path(path).read_text())
         return Intrinsics(*(float(values[k]) for k in ("fx", "fy", "cx", "cy")), int(values["width"]),
@@ -489,6 +497,11 @@ def check_orientations(rgb_path: Path, map_paths) -> None:
 
 
 def read_class_names(root: str | os.PathLike) -> list[str] | None:
+    """The semantic class names of a dense dataset, one per line of ``root/classes.txt``, or ``None`` without it.
+
+    Args:
+        root: the dataset root.
+    """
     path = Path(root) / "classes.txt"
     if not path.is_file():
         return None

@@ -306,6 +306,12 @@ def load_proposals(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def save_proposals(proposals: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Write region proposals as JSON ``{image key: [[x0, y0, x1, y1], ...]}`` (rounded to 0.01 px), atomically.
+
+    Args:
+        proposals: boxes per image key, best first (R-CNN Section 2.1: selective search).
+        path: the JSON file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -314,6 +320,12 @@ def save_proposals(proposals: dict[str, np.ndarray], path: str | os.PathLike) ->
 
 
 def record_key(record: DetectionRecord, by: str = "id") -> str:
+    """The key of an image in a proposals file: its COCO image id, or its file name (VOC).
+
+    Args:
+        record: the image's record.
+        by: ``"id"`` or ``"name"``.
+    """
     return str(record.image_id) if by == "id" else record.name
 
 

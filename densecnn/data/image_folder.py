@@ -70,6 +70,11 @@ def exif_orientation(path: str | os.PathLike) -> int | None:
 
 
 def is_readable_image(path: str | os.PathLike) -> bool:
+    """Whether ``path`` decodes as an image (``read_rgb`` succeeds).
+
+    Args:
+        path: the file.
+    """
     try:
         read_rgb(path)
         return True
@@ -78,6 +83,14 @@ def is_readable_image(path: str | os.PathLike) -> bool:
 
 
 def find_classes(split_dir: Path) -> list[str]:
+    """The sorted class folder names of one split of an ImageFolder dataset (hidden folders ignored).
+
+    Args:
+        split_dir: ``<root>/<split>``.
+
+    Raises:
+        DataError: the folder is missing or has no class folders.
+    """
     if not split_dir.is_dir():
         raise DataError(f"{split_dir}: split folder not found (expected <root>/<split>/<class>/<images>)")
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))

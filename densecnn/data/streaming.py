@@ -60,10 +60,21 @@ def normalise_root(root: str | os.PathLike) -> str:
 
 
 def is_remote(root: str | os.PathLike) -> bool:
+    """Whether ``root`` is an object-store URL (``s3://``, ``gs://``, ...) rather than a local path.
+
+    Args:
+        root: a path or URL.
+    """
     return str(root).startswith(REMOTE_SCHEMES)
 
 
 def join(root: str, *parts: str) -> str:
+    """Join path parts onto a local folder or a remote URL (with ``/``).
+
+    Args:
+        root: a path or URL.
+        *parts: the parts to append.
+    """
     if is_remote(root):
         return "/".join([root.rstrip("/"), *parts])
     return str(Path(root, *parts))
@@ -97,6 +108,16 @@ def read_meta(root: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
 
 
 def expect_format(meta: dict[str, Any], formats: Sequence[str], root: str) -> None:
+    """Check a converted dataset holds one of the formats a DataModule reads.
+
+    Args:
+        meta: the dataset's metadata (its ``format``).
+        formats: the formats accepted.
+        root: the dataset root, for the message.
+
+    Raises:
+        DataError: another format, naming the convert command to use.
+    """
     if meta["format"] not in formats:
         raise DataError(f"data.init_args.root: {root} holds a converted '{meta['format']}' dataset; this "
                         f"DataModule reads {' or '.join(formats)} (python -m densecnn.data.convert {formats[0]} ...)")
@@ -147,6 +168,14 @@ class StreamingRecords:
 
 
 def read_file_bytes(path: str | os.PathLike) -> bytes:
+    """A file's bytes, as stored in a streaming record.
+
+    Args:
+        path: the file.
+
+    Raises:
+        DataError: the file cannot be read, naming it.
+    """
     try:
         return Path(path).read_bytes()
     except OSError as err:
@@ -195,6 +224,11 @@ def encode_array(array: np.ndarray | None) -> bytes:
 
 
 def decode_array(data: bytes) -> np.ndarray | None:
+    """Decode an array stored as ``.npy`` bytes in a record (no pickles), or ``None`` for empty bytes.
+
+    Args:
+        data: the bytes.
+    """
     return np.load(io.BytesIO(data), allow_pickle=False) if data else None
 
 
@@ -210,6 +244,11 @@ def encode_sparse(array: np.ndarray) -> bytes:
 
 
 def decode_sparse(data: bytes) -> np.ndarray:
+    """Decode a sparse map (``shape``, flat ``index``, ``values``: Velodyne ground truth) to a dense array.
+
+    Args:
+        data: the ``.npz`` bytes.
+    """
     with np.load(io.BytesIO(data), allow_pickle=False) as stored:
         out = np.zeros(int(np.prod(stored["shape"])), stored["values"].dtype)
         out[stored["index"]] = stored["values"]
@@ -296,6 +335,12 @@ DETECTION_ARRAYS = {"boxes": np.float32, "labels": np.int64, "iscrowd": np.int64
 
 
 def detection_record_json(record: DetectionRecord, path: str) -> str:
+    """Serialise a detection record (image id, size, annotation ids and box arrays) as JSON for a chunk.
+
+    Args:
+        record: the image's record.
+        path: the image's path inside the converted dataset.
+    """
     fields = {key: np.asarray(getattr(record, key)).tolist() for key in DETECTION_ARRAYS}
     return json.dumps({"image_id": int(record.image_id), "path": path, "width": int(record.width),
                        "height": int(record.height), "ann_ids": list(record.ann_ids), **fields})

@@ -464,6 +464,13 @@ def uniform_starts(num_frames: int, span: int, num_clips: int) -> np.ndarray:
 
 
 def random_start(rng: np.random.Generator, num_frames: int, span: int) -> int:
+    """A uniformly drawn first frame for a span of ``span`` frames in a video of ``num_frames`` (0 when shorter).
+
+    Args:
+        rng: the sample's seeded generator.
+        num_frames: frames in the video.
+        span: frames the clip covers (``clip_len x frame_stride``).
+    """
     return int(rng.integers(0, max(num_frames - span, 0) + 1))
 
 

@@ -66,6 +66,11 @@ def is_frame_dir(path: str | os.PathLike) -> bool:
 
 
 def is_video_file(path: Path) -> bool:
+    """Whether ``path`` is a file with a video suffix (``.mp4 .avi .mkv .mov .webm``).
+
+    Args:
+        path: the file.
+    """
     return path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()
 
 

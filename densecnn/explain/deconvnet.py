@@ -62,19 +62,28 @@ def crop(image: torch.Tensor, field: ReceptiveField, position: Sequence[int]) ->
     return image[(slice(None), *(slice(lo, hi) for lo, hi in spans))]
 
 
-def _displayable(image: torch.Tensor) -> torch.Tensor:
-    """The whole image scaled to [0, 1] before cropping, so every patch keeps the image's own contrast."""
+def _displayable(image: torch.Tensor, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> torch.Tensor:
+    """The image's pixels in [0, 1]: the input normalisation undone when its ``mean``/``std`` are known (the
+    colours the data had), else the whole image min-max scaled before cropping (every patch keeps the image's
+    own contrast; one scale for all channels shifts colours when they were normalised differently)."""
     image = image.float()
+    if mean is not None and std is not None:
+        shape = (-1,) + (1,) * (image.dim() - 1)
+        return (image * torch.tensor(list(std)).view(shape) + torch.tensor(list(mean)).view(shape)).clamp(0, 1)
     low, high = image.min(), image.max()
     return (image - low) / (high - low) if high > low else torch.full_like(image, 0.5)
 
 
 def zeiler_fergus_grid(model: nn.Module, top: TopActivations, images: dict[int, torch.Tensor], *,
                        channels: int | Sequence[int] = 8, k: int | None = None,
-                       field: ReceptiveField | None = None) -> Figure:
+                       field: ReceptiveField | None = None, mean: Sequence[float] | None = None,
+                       std: Sequence[float] | None = None) -> Figure:
     """Zeiler & Fergus's picture for one layer: one row per channel (the first ``channels``, or those listed),
     its top ``k`` deconvnet projections then the ``k`` image patches, labelled with layer, channel and
-    activation. ``images``: the images by id (``gather_images``)."""
+    activation. ``images``: the images by id (``gather_images``), as the model takes them; ``mean``/``std``:
+    their input normalisation, undone to show the patches in their own colours (else each image is min-max
+    scaled)."""
     chosen = list(range(min(channels, top.channels))) if isinstance(channels, int) else list(channels)
     bad = [c for c in chosen if not 0 <= c < top.channels]
     if bad:
@@ -95,7 +104,7 @@ def zeiler_fergus_grid(model: nn.Module, top: TopActivations, images: dict[int, 
         for j, ((value, image_id, pos), projection) in enumerate(zip(entries, projections)):
             row[j] = crop(projection, field, pos)
             row_text[j] = f"act {value:.3g}"
-            row[k + j] = crop(_displayable(images[image_id]), field, pos)
+            row[k + j] = crop(_displayable(images[image_id], mean, std), field, pos)
             row_text[k + j] = f"image {image_id}"
         blank = torch.zeros(1, 1, 1)
         tiles += [t if t is not None else blank for t in row]

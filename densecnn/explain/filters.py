@@ -28,6 +28,14 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Module]:
+    """The name and module of a model's first convolution (whose kernels are pictured, Zeiler & Fergus Fig. 6).
+
+    Args:
+        model: any network.
+
+    Raises:
+        UserError: the model has no convolution.
+    """
     convs = conv_layers(model)
     if not convs:
         raise UserError(f"{type(model).__name__} has no convolution to show the kernels of")

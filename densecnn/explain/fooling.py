@@ -94,6 +94,15 @@ def pixel_batch(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def target_list(targets: int | Sequence[int], n: int) -> list[int]:
+    """One target class per image: a single class repeated, or the given list.
+
+    Args:
+        targets: a class index or one per image.
+        n: the number of images.
+
+    Raises:
+        UserError: a list of another length.
+    """
     chosen = [int(targets)] * n if isinstance(targets, int) else [int(t) for t in targets]
     if len(chosen) != n:
         raise UserError(f"{len(chosen)} targets for {n} images: give one class, or one per image")

@@ -104,6 +104,11 @@ def normaliser(mean: Sequence[float], std: Sequence[float], device: torch.device
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (CPU for a parameter-free model or a plain callable).
+
+    Args:
+        model: a module or callable.
+    """
     parameter = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
     return parameter.device if parameter is not None else torch.device("cpu")
 
@@ -214,6 +219,16 @@ def class_objective(model: Callable[[torch.Tensor], torch.Tensor], index: int) -
 
 
 def classifier_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The model's logits on ``x``, checked to be N x classes (activation maximisation and fooling images need a
+    classifier, Simonyan et al. 2013 Section 2).
+
+    Args:
+        model: the classifier.
+        x: the input batch.
+
+    Raises:
+        UserError: the model returned something else.
+    """
     logits = model(x)
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -223,6 +238,15 @@ def classifier_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
 
 
 def check_class(index: int, num_classes: int) -> None:
+    """Check that ``index`` is one of the model's classes.
+
+    Args:
+        index: the class index.
+        num_classes: the model's class count.
+
+    Raises:
+        UserError: out of range.
+    """
     if not 0 <= index < num_classes:
         raise UserError(f"class {index} is not one of the model's {num_classes} classes (0..{num_classes - 1})")
 
@@ -296,6 +320,15 @@ def start_image(shape: tuple[int, ...], generator: torch.Generator, device: torc
 
 
 def image_shape(image_size: int | Sequence[int], channels: int) -> tuple[int, int, int, int]:
+    """The (1, C, H, W) shape of an image to optimise.
+
+    Args:
+        image_size: a side, or (height, width).
+        channels: input channels.
+
+    Raises:
+        UserError: not a positive size.
+    """
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or min(size) < 1:
         raise UserError(f"image_size must be an int or (height, width) of positive ints, got {image_size!r}")

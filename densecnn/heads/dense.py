@@ -58,6 +58,15 @@ def encode_input_map(name: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def target_channels(targets: Sequence[str], num_classes: int | None) -> dict[str, int]:
+    """Output channels per dense target: depth 1, normals 3, semantic ``num_classes`` (Eigen & Fergus Section 3.3).
+
+    Args:
+        targets: any of ``depth``, ``normals``, ``semantic``.
+        num_classes: semantic classes (required with ``semantic``).
+
+    Raises:
+        ValueError: an unknown target or missing ``num_classes``.
+    """
     channels = {}
     for target in targets:
         if target == "depth":

@@ -15,6 +15,15 @@ from torch import nn
 
 
 class DropConnectLinear(nn.Linear):
+    """A linear layer with DropConnect (Wan et al. 2013): in training each weight is dropped with probability
+    ``p`` (one mask per batch, or per sample), and the rest are scaled by 1/(1-p); at test it is the plain layer
+    (the mean-field approximation rather than the paper's Gaussian sampling).
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        p: the probability of dropping a weight, in [0, 1).
+        per_sample: draw a mask per example as the paper does (memory grows as batch x out x in).
+    """
     def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.5,
                  per_sample: bool = False):
         super().__init__(in_features, out_features, bias=bias)

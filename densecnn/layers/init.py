@@ -20,6 +20,14 @@ def _layers(module: nn.Module):
 
 
 def init_gaussian(module: nn.Module, std: float = 0.01, bias: float = 0.0) -> nn.Module:
+    """AlexNet's initialisation (Krizhevsky et al. 2012 Section 5): weights N(0, ``std``), biases ``bias``, in
+    every conv and linear layer of ``module``.
+
+    Args:
+        module: the network (changed in place and returned).
+        std: the weights' standard deviation (0.01).
+        bias: the biases' value (1 in AlexNet's conv2/4/5 and hidden FC layers).
+    """
     for m in _layers(module):
         nn.init.normal_(m.weight, 0.0, std)
         if m.bias is not None:
@@ -28,6 +36,13 @@ def init_gaussian(module: nn.Module, std: float = 0.01, bias: float = 0.0) -> nn
 
 
 def init_he(module: nn.Module, mode: Literal["fan_in", "fan_out"] = "fan_out", bias: float = 0.0) -> nn.Module:
+    """He et al. 2015's initialisation ("MSRA", Section 2.2 of Delving Deep into Rectifiers): N(0, 2 / fan).
+
+    Args:
+        module: the network (changed in place and returned).
+        mode: ``fan_out`` (torchvision's ResNets) or ``fan_in``.
+        bias: the biases' value.
+    """
     for m in _layers(module):
         nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
         if m.bias is not None:
@@ -36,6 +51,12 @@ def init_he(module: nn.Module, mode: Literal["fan_in", "fan_out"] = "fan_out", b
 
 
 def init_xavier(module: nn.Module, bias: float = 0.0) -> nn.Module:
+    """Glorot & Bengio 2010's initialisation: U(+-sqrt(6 / (fan_in + fan_out))), GoogLeNet's Caffe "xavier".
+
+    Args:
+        module: the network (changed in place and returned).
+        bias: the biases' value.
+    """
     for m in _layers(module):
         nn.init.xavier_uniform_(m.weight)
         if m.bias is not None:

@@ -88,6 +88,10 @@ class EvalDistributedSampler(DistributedSampler):
 
 
 class BaseDataModule(pl.LightningDataModule):
+    """The LightningDataModule of every task: folder or streaming (LitData) data, loaders whose sampler seeds
+    each sample from (run seed, epoch, index), evaluation samplers that visit every sample once under DDP, and a
+    loader position saved in checkpoints for mid-epoch resumption.
+    """
     def __init__(self, root: str, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
                  collate_fn: Callable | None = None, drop_last: bool | None = None, streaming: bool = False,
                  streaming_cache_dir: str | None = None):

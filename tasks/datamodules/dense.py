@@ -62,6 +62,9 @@ class DenseSplitsMixin:
 
 
 class DenseDataModule(DenseSplitsMixin, BaseDataModule):
+    """Dense data in folders (``root/<split>/{rgb,depth,normals,labels}/<name>.png``) for Eigen & Fergus' tasks:
+    aligned augmentation of image and maps, normals from depth when absent, optional ``synthetic`` rooms.
+    """
     def __init__(
         self,
         root: str,

@@ -35,6 +35,9 @@ class ImageFileList(Dataset):
 
 
 class ImageFolderDataModule(BaseDataModule):
+    """ImageFolder classification data (``root/{train,val,test}/<class>/*``) with albumentations presets from the
+    papers (AlexNet, VGG/ResNet, the CIFAR recipe) or a YAML list, and the embedded synthetic shapes dataset.
+    """
     def __init__(
         self,
         root: str,

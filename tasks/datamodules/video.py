@@ -54,6 +54,10 @@ def video_pipeline(spec: str | list[dict[str, Any]], *, crop_size: int, train: b
 
 
 class VideoFolderDataModule(BaseDataModule):
+    """Video classification data: video files or frame folders per class, with UCF101, Kinetics or MMAction2
+    split lists; random training clips and evenly spaced evaluation clips x crops (C3D, Tran et al. 2015
+    Section 3), decoding only the frames a clip needs.
+    """
     def __init__(
         self,
         root: str,

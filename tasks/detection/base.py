@@ -26,6 +26,9 @@ from ..base import BaseTask
 
 
 class DetectionTask(BaseTask):
+    """What the four detectors share: box targets in COCO/VOC format, COCO AP (pycocotools) and VOC mAP computed
+    once per epoch, per-class AP tables, pictures of detections and the COCO results JSON of ``predict``.
+    """
     monitor = "val/map_50"
     monitor_mode = "max"
     #: R-CNN and Fast R-CNN classify region proposals that come with the batch

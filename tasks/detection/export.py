@@ -63,6 +63,13 @@ def data_settings(task, datamodule=None) -> tuple[int, list[float], list[float],
 
 
 def common_preprocess(task, image_size: int, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """The ``preprocess.json`` entries every detection export shares (task, RGB in [0, 1], mean, std, classes).
+
+    Args:
+        task: the detection task.
+        image_size: the padded square side the model was trained on.
+        mean, std: the normalisation applied inside the graph.
+    """
     return {
         "task": type(task).__name__,
         "channel_order": "RGB",
@@ -80,6 +87,11 @@ def common_preprocess(task, image_size: int, mean: Sequence[float], std: Sequenc
 
 
 def padded_resize_rule(image_size: int) -> str:
+    """The resize-and-pad rule of the detection data pipeline, in words for ``preprocess.json``.
+
+    Args:
+        image_size: the padded square side.
+    """
     return (f"resize the longest side to {image_size} px (bilinear, scale = {image_size} / max(h, w)), then pad at "
             f"the bottom and right with 0 (black) to {image_size} x {image_size}; divide output boxes by the "
             f"scale for the original image's pixels")
@@ -133,6 +145,13 @@ class FasterRCNNExport(nn.Module):
 
 
 def faster_rcnn_spec(task, datamodule=None) -> ExportSpec:
+    """The export spec of a Faster R-CNN task: one image of any size in, boxes, labels and scores out
+    (torchvision's ONNX path, resize and NMS in the graph).
+
+    Args:
+        task: the ``FasterRCNNTask``.
+        datamodule: the data, for the image size and normalisation (default: the task's saved settings).
+    """
     size, mean, std, source = data_settings(task, datamodule)
     module = FasterRCNNExport(task, size, mean, std).eval()
     # a non-square example (the content of a padded batch image): the trace sees a real resize path
@@ -186,6 +205,14 @@ class OverFeatExport(nn.Module):
 
 
 def overfeat_spec(task, dynamic_batch: bool, datamodule=None) -> ExportSpec:
+    """The export spec of an OverFeat task: its convolutional network per pyramid scale, class-probability and
+    box-delta maps out, with the decoding rule in ``preprocess.json`` (Sermanet et al. Section 4).
+
+    Args:
+        task: the ``OverFeatTask``.
+        dynamic_batch: a dynamic batch dimension.
+        datamodule: the data (default: the task's saved settings).
+    """
     size, mean, std, source = data_settings(task, datamodule)
     h = task.hparams
     scales = [float(s) for s in h.scales if size * float(s) >= task.window]  # the task skips the others too
@@ -245,6 +272,15 @@ class RegionExport(nn.Module):
 
 
 def region_spec(task, dynamic_batch: bool, what: str, datamodule=None) -> ExportSpec:
+    """The export spec of R-CNN or Fast R-CNN: the per-RoI network with images and ``rois`` as inputs, class
+    probabilities and class-specific box deltas out (NMS left to the caller).
+
+    Args:
+        task: the task.
+        dynamic_batch: a dynamic batch dimension.
+        what: the task's name for the model card.
+        datamodule: the data (default: the task's saved settings).
+    """
     size, mean, std, source = data_settings(task, datamodule)
     h = task.hparams
     module = RegionExport(task, mean, std).eval()

@@ -29,6 +29,10 @@ __all__ = ["FastRCNNTask", "proposals_of"]
 
 
 class FastRCNNTask(ProposalDetectionTask):
+    """Fast R-CNN (Girshick 2015): convolutional features once per image, RoI pooling (or RoIAlign) of the
+    proposals, fc6/fc7 from the pretrained classifier (Section 2.2), the multi-task softmax + smooth L1 loss
+    (Section 2.3) and optional truncated SVD of fc6/fc7 at test (Section 3.1).
+    """
     def __init__(
         self,
         backbone: str = "vgg16",
@@ -50,8 +54,8 @@ class FastRCNNTask(ProposalDetectionTask):
     ):
         """
         Args:
-            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img, frozen_bn,
-                trainable_stages: ``DetectionTask``.
+            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img, frozen_bn, trainable_stages:
+                see ``DetectionTask``.
             feature_index: the ``feature_info`` map RoIs are pooled from (the last conv map, VGG's conv5_3).
             roi_op, roi_size: ``pool`` (the paper's RoI max pooling) or ``align`` (bilinear), to
                 ``roi_size`` x ``roi_size`` (7 for VGG-16).

@@ -46,6 +46,10 @@ from .base import DetectionTask
 
 
 class FasterRCNNTask(DetectionTask):
+    """Faster R-CNN (Ren et al. 2015) through torchvision's ``FasterRCNN`` on a densecnn backbone: the ResNet
+    paper's layout (RPN on conv4_x, conv5_x as the per-RoI head), a two-FC head, or FPN; approximate joint
+    training (Section 3.2).
+    """
     def __init__(
         self,
         backbone: str = "resnet50",

@@ -80,6 +80,10 @@ from .base import DetectionTask
 
 
 class OverFeatTask(DetectionTask):
+    """OverFeat (Sermanet et al. 2013): the classifier's fully connected layers as convolutions, so one pass
+    over a pyramid scale scores every window (Section 3.5); class-specific box regression (Section 4.2);
+    windows merged with NMS instead of the paper's greedy merge, and no offset max-pooling (Section 3.3).
+    """
     def __init__(
         self,
         backbone: str = "alexnet",
@@ -100,8 +104,8 @@ class OverFeatTask(DetectionTask):
     ):
         """
         Args:
-            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img, frozen_bn,
-                trainable_stages: ``DetectionTask``.
+            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img, frozen_bn, trainable_stages:
+                see ``DetectionTask``.
             feature_index: the ``feature_info`` map the convolutional classifier slides over (with
                 ``head: converted``, the last: the map the classifier's pooling and fc6 read).
             window: the window side in pixels (the backbone's input size by default: 227 for AlexNet); its

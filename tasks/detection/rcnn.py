@@ -76,6 +76,10 @@ def svm_hinge_loss(scores: torch.Tensor, positive: torch.Tensor, negative: torch
 
 
 class RCNNTask(ProposalDetectionTask):
+    """R-CNN (Girshick et al. 2014): each proposal warped with 16 px context to the backbone's input
+    (Section 2.1), softmax scores or per-class linear SVMs with hard-negative mining (Section 2.3), and
+    class-specific box regression (Appendix C; trained jointly with smooth L1 here, not by ridge regression).
+    """
     def __init__(
         self,
         backbone: str = "alexnet",
@@ -97,8 +101,8 @@ class RCNNTask(ProposalDetectionTask):
     ):
         """
         Args:
-            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img, frozen_bn,
-                trainable_stages: ``DetectionTask``.
+            backbone, num_classes, weights, score_thresh, nms_thresh, detections_per_img, frozen_bn, trainable_stages:
+                see ``DetectionTask``.
             crop_size: the warped region's side; defaults to the backbone's input size (227 for AlexNet).
             context: pixels of context around each warped proposal (16 in the paper).
             classifier: ``softmax`` or the paper's per-class linear ``svm`` (scores are the SVM margins

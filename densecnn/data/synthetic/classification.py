@@ -55,6 +55,17 @@ def draw_shape(draw: ImageDraw.ImageDraw, name: str, cx: float, cy: float, r: fl
 
 
 def render_classification_image(rng: np.random.Generator, class_name: str, size: int) -> np.ndarray:
+    """Draw one image of the synthetic shapes dataset: a shape of ``class_name`` at a random size, position and
+    angle on a textured background, supersampled then reduced.
+
+    Args:
+        rng: the generator (seeded per image, so datasets are deterministic).
+        class_name: the shape to draw.
+        size: the image side in pixels.
+
+    Returns:
+        An (size, size, 3) uint8 image.
+    """
     bg, fg = contrasting_colours(rng)
     canvas = Image.fromarray(textured_background(rng, size * _SUPERSAMPLE, size * _SUPERSAMPLE, bg))
     r = rng.uniform(0.22, 0.42) * size * _SUPERSAMPLE

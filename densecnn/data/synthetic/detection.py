@@ -73,6 +73,13 @@ def render_detection_image(rng: np.random.Generator, size: int, classes: Sequenc
 
 
 def coco_dict(images: list[dict], annotations: list[dict], classes: Sequence[str]) -> dict:
+    """A COCO instances document (``images``, ``annotations``, ``categories`` with ids from 1).
+
+    Args:
+        images: the COCO image entries.
+        annotations: the COCO annotation entries.
+        classes: category names, in id order.
+    """
     return {"info": {"description": "densecnn synthetic shapes (deterministic)"},
             "images": images, "annotations": annotations,
             "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(classes)]}
