@@ -43,7 +43,7 @@ from densecnn.viz import save_png
 from .checkpoints import (CheckpointError, collect_rng_states, default_checkpoints, is_lightning_default_checkpoint,
                           read_checkpoint, restore_rng_states, use_atomic_checkpoint_io)
 from .optim import no_weight_decay_patterns, param_groups
-from .utils import local_log_dir
+from .utils import local_log_dir, send_picture_to_loggers
 
 # ``on_after_batch_transfer`` (channels_last inputs) is the module's on purpose; Lightning warns on every run with a
 # DataModule that the module's hook is the one used, which is what is meant.
@@ -500,15 +500,7 @@ class BaseTask(pl.LightningModule, ABC):
         with the curves) and save it under the run's ``pictures/``."""
         if not self.trainer.is_global_zero:
             return None
-        step = self.global_step
-        for logger in self.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):  # TensorBoard
-                experiment.add_image(tag, picture, step, dataformats="HWC")
-            elif hasattr(logger, "log_image"):  # W&B, Neptune, ...
-                logger.log_image(key=tag, images=[picture], step=step)
-            elif hasattr(experiment, "log_image") and getattr(logger, "run_id", None):  # MLflow
-                experiment.log_image(logger.run_id, picture, key=re.sub(r"[^A-Za-z0-9_./-]+", "_", tag), step=step)
+        send_picture_to_loggers(self.loggers, tag, picture, self.global_step)
         folder = self.run_dir / "pictures"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', tag)}_epoch{self.current_epoch:03d}.png"

@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from .optim import extend_schedulers
-from .utils import local_log_dir
+from .utils import local_log_dir, send_picture_to_loggers
 
 
 def _write_json_atomically(path: Path, data: Any) -> None:
@@ -220,20 +220,6 @@ class PredictionWriter(BasePredictionWriter):
         print(f"predictions written to {written}")
 
 
-def send_picture_to_loggers(trainer: pl.Trainer, tag: str, picture: Any, step: int) -> None:
-    """An HxWx3 uint8 picture to every logger that takes images (as ``BaseTask.log_picture`` sends them)."""
-    import re
-
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_image"):  # TensorBoard
-            experiment.add_image(tag, picture, step, dataformats="HWC")
-        elif hasattr(logger, "log_image"):  # W&B, Neptune, ...
-            logger.log_image(key=tag, images=[picture], step=step)
-        elif hasattr(experiment, "log_image") and getattr(logger, "run_id", None):  # MLflow
-            experiment.log_image(logger.run_id, picture, key=re.sub(r"[^A-Za-z0-9_./-]+", "_", tag), step=step)
-
-
 class ExplainCallback(Callback):
     """Attribution pictures (``tasks.explain.explain_task``) of the same validation images every
     ``every_n_epochs`` epochs during fit: how what the network looks at evolves while it trains (Zeiler & Fergus
@@ -303,7 +289,7 @@ class ExplainCallback(Callback):
         with torch.inference_mode(False), torch.enable_grad():
             for method in self.methods:
                 for picture in explain_task(pl_module, batch, method, progress=False, **self.options):
-                    send_picture_to_loggers(trainer, f"explain/{method}/{picture.name}", picture.image,
+                    send_picture_to_loggers(trainer.loggers, f"explain/{method}/{picture.name}", picture.image,
                                             trainer.global_step)
                     path = folder / f"{method}_{picture.name}_epoch{epoch:03d}.png"
                     save_png(picture.image, path)
