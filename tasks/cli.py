@@ -356,17 +356,22 @@ def user_error_message(err: UserError) -> str:
     return f"densecnn: error: {message}\n  hint: {hint}; set DENSECNN_DEBUG=1 to see the traceback"
 
 
-def run(args: list[str] | None = None) -> int:
-    """The console entry point: a user error prints one message and a hint and returns 2 (no traceback unless
-    the environment variable ``DENSECNN_DEBUG`` is set); bugs keep their traceback."""
+def run_command(command, args) -> int:
+    """Run ``command(args)`` as a console command: a user error prints one message and a hint and returns 2 (no
+    traceback unless the environment variable ``DENSECNN_DEBUG`` is set); bugs keep their traceback."""
     try:
-        main(args)
+        command(args)
     except UserError as err:
         if os.environ.get("DENSECNN_DEBUG"):
             raise
         print(user_error_message(err), file=sys.stderr)
         return 2
     return 0
+
+
+def run(args: list[str] | None = None) -> int:
+    """The console entry point of ``fit``/``validate``/``test``/``predict`` (``run_command``)."""
+    return run_command(main, args)
 
 
 def main(args: list[str] | None = None) -> DenseCNNCLI:

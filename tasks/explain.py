@@ -464,10 +464,9 @@ def write_pictures(pictures: Sequence[Picture], folder: Path, title: str) -> Pat
 def default_output(checkpoint_path: Path, task_name: str, method: str) -> Path:
     """``<run dir>/explain/<method>`` where the checkpoint lies in a run's ``checkpoints/`` folder, else
     ``explain/<task>/<method>`` under the current directory."""
-    parent = checkpoint_path.resolve().parent
-    if parent.name == "checkpoints":
-        return parent.parent / "explain" / method
-    return Path("explain") / task_name / method
+    from .export import output_beside_run
+
+    return output_beside_run(checkpoint_path, "explain", "explain", task_name, method)
 
 
 def parse_explain_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -904,13 +903,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """``python -m densecnn explain``: a user error prints one line and a hint and returns 2."""
-    from .cli import user_error_message
+    from .cli import run_command
 
-    try:
-        main(argv)
-    except UserError as err:
-        if os.environ.get("DENSECNN_DEBUG"):
-            raise
-        print(user_error_message(err), file=sys.stderr)
-        return 2
-    return 0
+    return run_command(main, argv)

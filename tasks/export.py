@@ -63,6 +63,20 @@ def attached_datamodule(task) -> Any:
     return getattr(task.trainer, "datamodule", None) if task._trainer is not None else None
 
 
+def attach_datamodule(task, datamodule) -> None:
+    """Give ``task`` a Trainer holding ``datamodule`` (set up for testing), as a fit would, so that
+    ``task.normalisation()`` and the export specs read the data's settings."""
+    import pytorch_lightning as pl
+
+    trainer = task._trainer
+    if trainer is None:
+        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False)
+        trainer.strategy.connect(task)
+        task.trainer = trainer
+    trainer._data_connector.attach_datamodule(task, datamodule=datamodule)
+
+
 def backbone_input_size(task) -> tuple[int, int]:
     """(H, W) of the backbone's registered input (the paper's size), for a task without a DataModule."""
     name = task.hparams.backbone
@@ -161,10 +175,23 @@ def _write_card(task, folder: Path, checkpoint_path: str | Path | None, config: 
 
 def export_task(task, out_dir: str | Path, *, fmt: str = "onnx", dynamic_batch: bool = True,
                 opset: int | None = None, overwrite: bool = False, inputs: tuple[torch.Tensor, ...] | None = None,
-                checkpoint_path: str | Path | None = None, config: Any = None) -> ExportResult:
+                checkpoint_path: str | Path | None = None, config: Any = None, datamodule: Any = None,
+                allow_guessed_data: bool = False) -> ExportResult:
     """Export ``task``'s network to ``out_dir`` (``model.onnx`` or ``model.pt2``, ``preprocess.json``, card and
     safetensors) and verify it on ``inputs`` (default: the attached DataModule's first test batch, else the spec's
-    example inputs). ``out_dir`` holding an export is refused unless ``overwrite``."""
+    example inputs). ``out_dir`` holding an export is refused unless ``overwrite``.
+
+    The input size, resize rule and normalisation in ``preprocess.json`` come from the task's DataModule: the
+    command attaches the config's; in a notebook pass ``datamodule=`` (the data the task was trained on). A task
+    with neither is refused (``allow_guessed_data=True`` exports at the backbone's registered size with
+    ImageNet statistics, which is right only for a network trained that way)."""
+    if datamodule is not None:
+        attach_datamodule(task, datamodule)
+    elif attached_datamodule(task) is None and not allow_guessed_data:
+        raise UserError(f"export_task: {type(task).__name__} has no DataModule attached, so the input size, resize "
+                        f"rule and normalisation of preprocess.json would be guessed (the backbone's registered "
+                        f"size, ImageNet statistics); pass datamodule= (the data it was trained on), or "
+                        f"allow_guessed_data=True")
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
@@ -205,13 +232,18 @@ def export_task(task, out_dir: str | Path, *, fmt: str = "onnx", dynamic_batch: 
 
 
 # ---- the command ---------------------------------------------------------------------------------------------------
-def default_output(checkpoint_path: Path, task_name: str, fmt: str) -> Path:
-    """``<run dir>/export/<format>`` where the checkpoint lies in a run's ``checkpoints/`` folder, else
-    ``exports/<task>/<format>`` under the current directory."""
+def output_beside_run(checkpoint_path: Path, folder: str, fallback: str, task_name: str, leaf: str) -> Path:
+    """``<run dir>/<folder>/<leaf>`` where the checkpoint lies in a run's ``checkpoints/`` folder, else
+    ``<fallback>/<task>/<leaf>`` under the current directory (``export`` and ``explain`` outputs)."""
     parent = checkpoint_path.resolve().parent
     if parent.name == "checkpoints":
-        return parent.parent / "export" / fmt
-    return Path("exports") / task_name / fmt
+        return parent.parent / folder / leaf
+    return Path(fallback) / task_name / leaf
+
+
+def default_output(checkpoint_path: Path, task_name: str, fmt: str) -> Path:
+    """``<run dir>/export/<format>``, else ``exports/<task>/<format>`` (``output_beside_run``)."""
+    return output_beside_run(checkpoint_path, "export", "exports", task_name, fmt)
 
 
 def parse_export_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -302,13 +334,6 @@ def main(argv: Sequence[str] | None = None) -> ExportResult:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """``python -m densecnn export``: a user error prints one line and a hint and returns 2."""
-    from .cli import user_error_message
+    from .cli import run_command
 
-    try:
-        main(argv)
-    except UserError as err:
-        if os.environ.get("DENSECNN_DEBUG"):
-            raise
-        print(user_error_message(err), file=sys.stderr)
-        return 2
-    return 0
+    return run_command(main, argv)

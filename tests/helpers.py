@@ -99,3 +99,26 @@ class SaveWeightsPerRank(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         torch.save(pl_module.state_dict(), Path(self.folder) / f"rank{trainer.global_rank}.pt")
+
+
+def tiny_dense_config(tmp_path: Path) -> Path:
+    """A one-epoch LeNet-scale depth + semantic config on freshly written synthetic rooms (the export and
+    explain command tests)."""
+    from densecnn.data.synthetic.dense import write_dense_dataset
+
+    root = write_dense_dataset(tmp_path / "rooms", height=32, width=40, splits={"train": 2, "val": 1, "test": 3})
+    config = {"seed_everything": 0,
+              "trainer": {"max_epochs": 1, "accelerator": "cpu", "default_root_dir": str(tmp_path / "run"),
+                          "enable_progress_bar": False, "enable_model_summary": False},
+              "model": {"class_path": "DensePredictionTask",
+                        "init_args": {"backbone": "lenet5", "backbone_kwargs": {"in_chans": 3},
+                                      "targets": ["depth", "semantic"], "num_classes": 5, "coarse_pool": [1, 1],
+                                      "coarse_hidden": 16, "coarse_channels": 4, "coarse_size": [3, 4],
+                                      "scale2_image_channels": 4, "scale2_widths": [4], "scale3_image_channels": 4,
+                                      "scale3_widths": [4], "optimizer": "adamw", "lr": 0.001}},
+              "data": {"class_path": "DenseDataModule",
+                       "init_args": {"root": str(root), "image_size": [32, 40], "batch_size": 2, "num_classes": 5,
+                                     "num_workers": 0}}}
+    path = tmp_path / "dense.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

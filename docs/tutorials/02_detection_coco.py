@@ -109,7 +109,6 @@ for key in ("test/map", "test/map_50", "test/map_75", "test/map_voc"):
 # ## Draw detections
 
 # %%
-from densecnn.viz import to_uint8_images
 from densecnn.viz_detection import detection_grid
 
 datamodule.setup("test")

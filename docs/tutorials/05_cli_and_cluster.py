@@ -96,7 +96,7 @@ print(last.relative_to(WORK))
 import torch
 
 densecnn_cli("fit", "--config", str(config_file), "--trainer.max_epochs", "6", "--ckpt_path", "last")
-state = torch.load(last, map_location="cpu", weights_only=False)
+state = torch.load(last, map_location="cpu", weights_only=True)
 print("epochs completed in last.ckpt:", state["epoch"] + 1, "; global step:", state["global_step"])
 print("log versions:", sorted(p.name for p in (WORK / "run" / "lightning_logs").iterdir()))
 

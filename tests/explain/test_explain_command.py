@@ -225,30 +225,9 @@ def test_callback_writes_pictures_at_the_right_epochs(tmp_path, classification_r
 
 
 # ---- slow: the command on one-step checkpoints of the other families ------------------------------------------
-def _dense_config(tmp_path: Path) -> Path:
-    from densecnn.data.synthetic.dense import write_dense_dataset
-
-    root = write_dense_dataset(tmp_path / "rooms", height=32, width=40, splits={"train": 2, "val": 1, "test": 3})
-    config = {"seed_everything": 0,
-              "trainer": {"max_epochs": 1, "accelerator": "cpu", "default_root_dir": str(tmp_path / "run"),
-                          "enable_progress_bar": False, "enable_model_summary": False},
-              "model": {"class_path": "DensePredictionTask",
-                        "init_args": {"backbone": "lenet5", "backbone_kwargs": {"in_chans": 3},
-                                      "targets": ["depth", "semantic"], "num_classes": 5, "coarse_pool": [1, 1],
-                                      "coarse_hidden": 16, "coarse_channels": 4, "coarse_size": [3, 4],
-                                      "scale2_image_channels": 4, "scale2_widths": [4], "scale3_image_channels": 4,
-                                      "scale3_widths": [4], "optimizer": "adamw", "lr": 0.001}},
-              "data": {"class_path": "DenseDataModule",
-                       "init_args": {"root": str(root), "image_size": [32, 40], "batch_size": 2, "num_classes": 5,
-                                     "num_workers": 0}}}
-    path = tmp_path / "dense.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.mark.slow
 def test_dense_checkpoint_command(tmp_path, capsys):
-    config = _dense_config(tmp_path)
+    config = tiny_dense_config(tmp_path)
     _fit(["--config", str(config)])
     checkpoint = next((tmp_path / "run").rglob("last.ckpt"))
     code, out, err = _explain(capsys, "integrated_gradients", "--config", str(config), "--ckpt_path",

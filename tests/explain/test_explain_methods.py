@@ -99,7 +99,7 @@ def test_layer_stats_compares_two_checkpoints(classification_checkpoint, classif
 
     other = tmp_path / "other" / "checkpoints" / "last.ckpt"  # a second checkpoint: the first conv's kernels x3
     other.parent.mkdir(parents=True)
-    saved = torch.load(classification_checkpoint, map_location="cpu", weights_only=False)
+    saved = torch.load(classification_checkpoint, map_location="cpu", weights_only=True)
     saved["state_dict"]["backbone.c1.weight"] *= 3
     torch.save(saved, other)
     code, out, err = _explain(capsys, "layer_stats", *_common(classification_checkpoint, classification_root),

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from tasks.export import run as export_run
-from tests.helpers import QUICKSTART, classification_args
+from tests.helpers import QUICKSTART, classification_args, tiny_dense_config
 
 #: a small classifier for the checkpoints (the quickstart's ResNet-20 takes longer to export)
 LENET = ("--model.init_args.backbone", "lenet5", "--model.init_args.backbone_kwargs", "{in_chans: 3}")
@@ -34,27 +34,6 @@ def _export(capsys, *args: str) -> tuple[int, str, str]:
     code = export_run(list(args))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _dense_config(tmp_path: Path) -> Path:
-    from densecnn.data.synthetic.dense import write_dense_dataset
-
-    root = write_dense_dataset(tmp_path / "rooms", height=32, width=40, splits={"train": 2, "val": 1, "test": 3})
-    config = {"seed_everything": 0,
-              "trainer": {"max_epochs": 1, "accelerator": "cpu", "default_root_dir": str(tmp_path / "run"),
-                          "enable_progress_bar": False, "enable_model_summary": False},
-              "model": {"class_path": "DensePredictionTask",
-                        "init_args": {"backbone": "lenet5", "backbone_kwargs": {"in_chans": 3},
-                                      "targets": ["depth", "semantic"], "num_classes": 5, "coarse_pool": [1, 1],
-                                      "coarse_hidden": 16, "coarse_channels": 4, "coarse_size": [3, 4],
-                                      "scale2_image_channels": 4, "scale2_widths": [4], "scale3_image_channels": 4,
-                                      "scale3_widths": [4], "optimizer": "adamw", "lr": 0.001}},
-              "data": {"class_path": "DenseDataModule",
-                       "init_args": {"root": str(root), "image_size": [32, 40], "batch_size": 2, "num_classes": 5,
-                                     "num_workers": 0}}}
-    path = tmp_path / "dense.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 # ---- fast: what the command refuses ------------------------------------------------------------------------------
@@ -157,7 +136,7 @@ def test_python_m_densecnn_export_dispatches(classification_checkpoint, classifi
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "exported_program"])
 def test_dense_checkpoint_exports_depth_in_metres(tmp_path, fmt, capsys):
-    config = _dense_config(tmp_path)
+    config = tiny_dense_config(tmp_path)
     _fit(["--config", str(config)])
     checkpoint = _checkpoint(tmp_path / "run")
     out_dir = tmp_path / "out"

@@ -35,7 +35,7 @@ def classifier() -> ClassificationTask:
 
 @pytest.fixture(scope="module")
 def classifier_onnx(classifier, tmp_path_factory):
-    return export_task(classifier, tmp_path_factory.mktemp("cls") / "onnx", fmt="onnx")
+    return export_task(classifier, tmp_path_factory.mktemp("cls") / "onnx", fmt="onnx", allow_guessed_data=True)
 
 
 def test_classification_onnx_matches_pytorch_at_two_batch_sizes(classifier, classifier_onnx):
@@ -82,7 +82,7 @@ def test_classification_resize_rule_comes_from_the_eval_transform(classifier, tm
 
 
 def test_classification_exported_program_round_trip(classifier, tmp_path):
-    result = export_task(classifier, tmp_path / "ep", fmt="exported_program")
+    result = export_task(classifier, tmp_path / "ep", fmt="exported_program", allow_guessed_data=True)
     assert result.model_path.name == "model.pt2" and result.max_abs_diff == pytest.approx(0, abs=1e-6)
     program = torch.export.load(str(result.model_path)).module()
     images = torch.randn(4, 3, 32, 32)
@@ -100,7 +100,7 @@ def depth_task() -> DensePredictionTask:
 
 
 def test_dense_onnx_outputs_depth_in_metres_and_unit_normals(depth_task, tmp_path):
-    result = export_task(depth_task, tmp_path / "dense", fmt="onnx")
+    result = export_task(depth_task, tmp_path / "dense", fmt="onnx", allow_guessed_data=True)
     session = _session(result.model_path)
     assert [o.name for o in session.get_outputs()] == ["depth", "normals"]
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
@@ -124,7 +124,7 @@ def test_dense_input_maps_become_graph_inputs_in_metres(tmp_path):
                                backbone_kwargs={"in_chans": 3}, coarse_pool=(1, 1), coarse_hidden=16,
                                coarse_channels=4, coarse_size=(4, 4), scale2_image_channels=4, scale2_widths=[4],
                                scale3_image_channels=4, scale3_widths=[4], input_map_channels=4).eval()
-    result = export_task(task, tmp_path / "maps", fmt="exported_program")
+    result = export_task(task, tmp_path / "maps", fmt="exported_program", allow_guessed_data=True)
     program = torch.export.load(str(result.model_path)).module()
     images, depth = torch.randn(2, 3, 32, 32), torch.rand(2, 32, 32) * 5 + 0.5
     depth[0, :4] = 0  # missing depth
@@ -145,7 +145,7 @@ def video_task() -> VideoClassificationTask:
 
 
 def test_video_c3d_onnx_on_a_fixed_clip(video_task, tmp_path):
-    result = export_task(video_task, tmp_path / "video", fmt="onnx")
+    result = export_task(video_task, tmp_path / "video", fmt="onnx", allow_guessed_data=True)
     session = _session(result.model_path)
     clips = torch.randn(3, 3, 4, 16, 16, generator=torch.Generator().manual_seed(7))
     (probs,) = session.run(None, {"video": clips.numpy()})
@@ -162,7 +162,7 @@ def test_video_2d_backbone_per_frame_exports(tmp_path):
     torch.manual_seed(0)
     task = VideoClassificationTask(backbone="lenet5", num_classes=3, clip_len=3, crop_size=32,
                                    backbone_kwargs={"in_chans": 3}).eval()
-    result = export_task(task, tmp_path / "frames", fmt="onnx")
+    result = export_task(task, tmp_path / "frames", fmt="onnx", allow_guessed_data=True)
     clips = torch.randn(2, 3, 3, 32, 32)
     (probs,) = _session(result.model_path).run(None, {"video": clips.numpy()})
     with torch.no_grad():  # FrameAveraged: the 2D network on every frame, logits averaged over time, then softmax
@@ -173,7 +173,7 @@ def test_video_2d_backbone_per_frame_exports(tmp_path):
 
 @pytest.mark.slow
 def test_fixed_batch_export_refuses_another_batch_size(classifier, tmp_path):
-    result = export_task(classifier, tmp_path / "fixed", fmt="onnx", dynamic_batch=False)
+    result = export_task(classifier, tmp_path / "fixed", fmt="onnx", dynamic_batch=False, allow_guessed_data=True)
     session = _session(result.model_path)
     assert session.get_inputs()[0].shape == [2, 3, 32, 32]
     with pytest.raises(Exception, match="(?i)dimension|shape"):
@@ -218,7 +218,7 @@ def test_existing_export_is_not_overwritten(classifier, tmp_path):
     out.mkdir()
     (out / "model.onnx").write_bytes(b"an earlier export")
     with pytest.raises(ExportError, match="already holds an export.*--overwrite"):
-        export_task(classifier, out, fmt="onnx")
+        export_task(classifier, out, fmt="onnx", allow_guessed_data=True)
     assert (out / "model.onnx").read_bytes() == b"an earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no half-written folder beside it
 
@@ -230,7 +230,7 @@ def test_failed_export_leaves_nothing_behind(tmp_path):
 
     task = Unexportable(backbone="lenet5", num_classes=4, backbone_kwargs={"in_chans": 3})
     with pytest.raises(ExportError, match="linalg_eig"):
-        export_task(task, tmp_path / "out", fmt="onnx")
+        export_task(task, tmp_path / "out", fmt="onnx", allow_guessed_data=True)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -242,3 +242,22 @@ def test_task_without_export_support_says_so():
 
     with pytest.raises(UserError, match="NoExport: export to ONNX / ExportedProgram is not supported"):
         NoExport(backbone="lenet5", num_classes=4, backbone_kwargs={"in_chans": 3}).export_spec()
+
+
+def test_a_task_without_data_is_refused_and_datamodule_gives_the_trained_size(tmp_path):
+    """A notebook's reloaded task has no DataModule: its input size and normalisation would be guessed (the
+    backbone's registered size, ImageNet statistics), so export refuses; ``datamodule=`` gives the data's."""
+    from densecnn.errors import UserError
+    from tasks import ImageFolderDataModule
+
+    task = ClassificationTask(backbone="cifar_resnet20", num_classes=6).eval()
+    with pytest.raises(UserError, match="no DataModule attached"):
+        export_task(task, tmp_path / "refused", fmt="onnx")
+    assert not (tmp_path / "refused").exists()
+    data = ImageFolderDataModule(str(tmp_path / "shapes"), synthetic=True, image_size=28, mean=(0.5, 0.5, 0.5),
+                                 std=(0.25, 0.25, 0.25), batch_size=4)
+    data.prepare_data()
+    data.setup("test")
+    result = export_task(task, tmp_path / "out", fmt="onnx", datamodule=data)
+    doc = json.loads(result.preprocess_path.read_text())
+    assert doc["inputs"][0]["shape"][2:] == [28, 28] and doc["mean"] == [0.5, 0.5, 0.5] and doc["std"] == [0.25] * 3
