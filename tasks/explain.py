@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence

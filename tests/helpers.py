@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from pytorch_lightning import Callback
 
 REPO = Path(__file__).resolve().parents[1]

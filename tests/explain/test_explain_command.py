@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from tasks.explain import explain_task
 from tasks.explain import run as explain_run
-from tests.helpers import QUICKSTART, classification_args
+from tests.helpers import QUICKSTART, classification_args, tiny_dense_config
 
 LENET = ("--model.init_args.backbone", "lenet5", "--model.init_args.backbone_kwargs", "{in_chans: 3}")
 

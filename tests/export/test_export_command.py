@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from tasks.export import run as export_run
 from tests.helpers import QUICKSTART, classification_args, tiny_dense_config
