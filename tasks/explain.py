@@ -856,13 +856,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     Returns:
         The output folder.
     """
-    from .export import build_from_config
+    from .export import build_from_config, reject_unknown_overrides
 
     args, overrides = parse_explain_args(sys.argv[2:] if argv is None else argv)
-    unknown = [a for a in overrides if a.startswith("-") and not a.startswith(("--model.", "--data.", "--trainer.",
-                                                                                 "--seed_everything"))]
-    if unknown:
-        raise ConfigError(f"densecnn explain: unknown argument(s) {', '.join(unknown)}; see densecnn explain --help")
+    reject_unknown_overrides("explain", overrides)
     extra = dataset_methods()
     if args.method not in METHODS and args.method not in extra:
         raise ConfigError(f"densecnn explain {args.method!r}: expected one of {', '.join((*METHODS, *extra))}")

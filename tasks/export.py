@@ -305,6 +305,16 @@ def build_from_config(configs: Sequence[str], checkpoint_path: str, overrides: S
     return task, datamodule, config
 
 
+def reject_unknown_overrides(command: str, overrides: Sequence[str]) -> None:
+    """``densecnn export``/``explain`` pass ``--model.*``, ``--data.*``, ``--trainer.*`` and ``--seed_everything``
+    on to the config; any other option is a ``ConfigError`` naming it."""
+    unknown = [a for a in overrides if a.startswith("-") and not a.startswith(("--model.", "--data.", "--trainer.",
+                                                                                 "--seed_everything"))]
+    if unknown:
+        raise ConfigError(f"densecnn {command}: unknown argument(s) {', '.join(unknown)}; see densecnn {command} "
+                          f"--help")
+
+
 def main(argv: Sequence[str] | None = None) -> ExportResult:
     """``python -m densecnn export``: rebuild the task from config and checkpoint as ``test`` does, export it,
     verify the file against PyTorch and write the model card.
@@ -316,10 +326,7 @@ def main(argv: Sequence[str] | None = None) -> ExportResult:
         What was written.
     """
     args, overrides = parse_export_args(sys.argv[2:] if argv is None else argv)
-    unknown = [a for a in overrides if a.startswith("-") and not a.startswith(("--model.", "--data.", "--trainer.",
-                                                                                 "--seed_everything"))]
-    if unknown:
-        raise ConfigError(f"densecnn export: unknown argument(s) {', '.join(unknown)}; see densecnn export --help")
+    reject_unknown_overrides("export", overrides)
     checkpoint_path = Path(args.ckpt_path)
     task, _, config = build_from_config(args.config, str(checkpoint_path), overrides)
     output = args.output or default_output(checkpoint_path, type(task).__name__, args.format)

@@ -123,3 +123,17 @@ def tiny_dense_config(tmp_path: Path) -> Path:
     path = tmp_path / "dense.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def tiny_faster_rcnn_args(tmp_path: Path) -> list[str]:
+    """The quickstart Faster R-CNN at a small width on 8 freshly written 64-px synthetic images (the export and
+    explain command tests): the config arguments, without a run directory."""
+    from densecnn.data.synthetic.detection import write_detection_dataset
+
+    root = tmp_path / "shapes"
+    write_detection_dataset(root, image_size=64, splits={"train": 4, "val": 2, "test": 2})
+    return ["--config", str(QUICKSTART / "faster_rcnn.yaml"), "--data.init_args.root", str(root),
+            "--data.init_args.synthetic", "false", "--data.init_args.image_size", "64",
+            "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+            "--model.init_args.backbone_kwargs", "{widths: [8, 16, 32, 64]}", "--model.init_args.mlp_dim", "32",
+            "--trainer.accelerator", "cpu"]

@@ -4,8 +4,8 @@ maps or projected Velodyne scans, and BTS's bottom-centre crop.
 Layout (the official downloads, unpacked under one ``root``)::
 
     root/<date>/calib_cam_to_cam.txt, calib_velo_to_cam.txt
-    root/<date>/<date>_drive_<XXXX>_sync/image_02/data/<frame:010d>.png     left colour camera (image_03: right)
-    root/<date>/<date>_drive_<XXXX>_sync/velodyne_points/data/<frame:010d>.bin   float32 (x, y, z, reflectance)
+    root/<date>/<date>_drive_<NNNN>_sync/image_02/data/<frame:010d>.png     left colour camera (image_03: right)
+    root/<date>/<date>_drive_<NNNN>_sync/velodyne_points/data/<frame:010d>.bin   float32 (x, y, z, reflectance)
     root/data_depth_annotated/{train,val}/<drive>/proj_depth/groundtruth/image_02/<frame:010d>.png
         the depth benchmark's annotated maps (Uhrig et al. 2017): uint16, depth = value / 256 m, 0 = invalid
 

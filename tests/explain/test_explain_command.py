@@ -16,7 +16,7 @@ import torch
 
 from tasks.explain import explain_task
 from tasks.explain import run as explain_run
-from tests.helpers import QUICKSTART, classification_args, tiny_dense_config
+from tests.helpers import QUICKSTART, classification_args, tiny_dense_config, tiny_faster_rcnn_args
 
 LENET = ("--model.init_args.backbone", "lenet5", "--model.init_args.backbone_kwargs", "{in_chans: 3}")
 
@@ -255,15 +255,7 @@ def test_video_checkpoint_command(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_faster_rcnn_checkpoint_command(tmp_path, capsys):
-    from densecnn.data.synthetic.detection import write_detection_dataset
-
-    root = tmp_path / "shapes"
-    write_detection_dataset(root, image_size=64, splits={"train": 4, "val": 2, "test": 2})
-    small = ["--config", str(QUICKSTART / "faster_rcnn.yaml"), "--data.init_args.root", str(root),
-             "--data.init_args.synthetic", "false", "--data.init_args.image_size", "64",
-             "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-             "--model.init_args.backbone_kwargs", "{widths: [8, 16, 32, 64]}", "--model.init_args.mlp_dim", "32",
-             "--trainer.accelerator", "cpu"]
+    small = tiny_faster_rcnn_args(tmp_path)
     _fit([*small, "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"])
     checkpoint = next((tmp_path / "run").rglob("last.ckpt"))
     code, out, err = _explain(capsys, "gradcam", *small, "--ckpt_path", str(checkpoint), "--num-images", "2",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tasks.export import run as export_run
-from tests.helpers import QUICKSTART, classification_args, tiny_dense_config
+from tests.helpers import QUICKSTART, classification_args, tiny_dense_config, tiny_faster_rcnn_args
 
 #: a small classifier for the checkpoints (the quickstart's ResNet-20 takes longer to export)
 LENET = ("--model.init_args.backbone", "lenet5", "--model.init_args.backbone_kwargs", "{in_chans: 3}")
@@ -195,15 +195,7 @@ def test_video_checkpoint_exports_on_a_fixed_clip(tmp_path, fmt, capsys):
 def test_faster_rcnn_checkpoint_exports_one_image_to_boxes(tmp_path, capsys):
     """A detector through the command: the quickstart Faster R-CNN at a small width, one training step, exported
     to ONNX (torchvision's path, the TorchScript exporter) and verified in onnxruntime."""
-    from densecnn.data.synthetic.detection import write_detection_dataset
-
-    root = tmp_path / "shapes"
-    write_detection_dataset(root, image_size=64, splits={"train": 4, "val": 2, "test": 2})
-    small = ["--config", str(QUICKSTART / "faster_rcnn.yaml"), "--data.init_args.root", str(root),
-             "--data.init_args.synthetic", "false", "--data.init_args.image_size", "64",
-             "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-             "--model.init_args.backbone_kwargs", "{widths: [8, 16, 32, 64]}", "--model.init_args.mlp_dim", "32",
-             "--trainer.accelerator", "cpu"]
+    small = tiny_faster_rcnn_args(tmp_path)
     _fit([*small, "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"])
     checkpoint = _checkpoint(tmp_path / "run")
     out_dir = tmp_path / "export"
@@ -215,3 +207,15 @@ def test_faster_rcnn_checkpoint_exports_one_image_to_boxes(tmp_path, capsys):
     assert doc["class_names"] == torch.load(checkpoint, map_location="cpu",
                                             weights_only=True)["hyper_parameters"]["class_names"]
     assert doc["verification"]["max_abs_diff"] <= 1e-3 and str(out_dir / "model.onnx") in out
+
+
+@pytest.mark.parametrize("command", ["export", "explain"])
+def test_an_unknown_option_is_named_before_anything_is_built(command, tmp_path, capsys):
+    from tasks.explain import run as explain_run
+
+    run = export_run if command == "export" else explain_run
+    method = ["saliency"] if command == "explain" else []
+    capsys.readouterr()
+    code = run([*method, "--config", str(QUICKSTART / "classification.yaml"), "--ckpt_path",
+                str(tmp_path / "missing.ckpt"), "--bogus", "1"])
+    assert code == 2 and f"densecnn {command}: unknown argument(s) --bogus" in capsys.readouterr().err
