@@ -250,6 +250,7 @@ class VideoClassificationTask(BaseTask):
         if not callable(getattr(datamodule, "use_descriptors", None)):
             raise UserError("model.init_args.feature_protocol: true needs a DataModule that serves cached descriptors "
                             "(VideoFolderDataModule)")
+        self._frozen_weights_digest = None  # once per fit: the weights may have been loaded since the last one
         datamodule.use_descriptors({split: DescriptorDataset(*self.descriptors(datamodule, split))
                                     for split in ("train", "val")})
 
@@ -276,13 +277,21 @@ class VideoClassificationTask(BaseTask):
 
     def _descriptor_key(self, identity: dict) -> str:
         """SHA256 of the backbone's tensors, ``feature_layer`` and the data's identity (files, clip settings)."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.backbone.state_dict().items()):
-            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest = hashlib.sha256(self._weights_digest().encode())
         digest.update(json.dumps({"backbone": self.hparams.backbone, "layer": self.hparams.feature_layer,
                                   "data": identity}, sort_keys=True, default=str).encode())
         return digest.hexdigest()
+
+    def _weights_digest(self) -> str:
+        """SHA256 of the frozen backbone's tensors, computed once per fit (both splits' keys use it; C3D's weights
+        are ~300 MB)."""
+        if getattr(self, "_frozen_weights_digest", None) is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.backbone.state_dict().items()):
+                digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._frozen_weights_digest = digest.hexdigest()
+        return self._frozen_weights_digest
 
     def _embed(self, datamodule, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the frozen backbone over ``dataset`` once: each rank takes every W-th video (the evaluation
